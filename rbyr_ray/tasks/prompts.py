@@ -1,0 +1,135 @@
+"""Every prompt of the method in one place (METHOD.md "Student sequence format" and "Teacher").
+
+Student:  prefix = [demonstrations] + "Question: {q}\\n[Answer Choices: (a) ... ]\\nReasoning: "
+          target = "{rationale}\\nAnswer: {gold}"   (the tokenizer's eos is appended by the caller)
+Teacher:  chat messages; the last user message always carries "Question: {q}" so that a local teacher
+          server can find the question, and the teacher is asked to end with "Answer: X".
+"""
+
+from __future__ import annotations
+
+import re
+
+from .records import Record
+
+ANSWER_PREFIX = "Answer: "
+STOP = "\n\n"  # the student stops at a blank line
+
+
+def fold_rationale(text: str) -> str:
+    """A rationale on one line: newlines folded to spaces, runs of spaces collapsed, no trailing answer line."""
+    return re.sub(r"\s+", " ", text).strip()
+
+
+def format_choices(choices: tuple[str, ...] | list[str]) -> str:
+    return " ".join(f"({letter}) {text}" for letter, text in zip("abcde", choices))
+
+
+def question_block(record: Record) -> str:
+    text = f"Question: {record.question.strip()}\n"
+    if record.choices:
+        text += f"Answer Choices: {format_choices(record.choices)}\n"
+    return text
+
+
+def student_target(rationale: str, answer: str) -> str:
+    return f"{fold_rationale(rationale)}\n{ANSWER_PREFIX}{answer}"
+
+
+def student_prefix(record: Record, demos: list[tuple[Record, str]] | None = None) -> str:
+    """The exam/eval/training prefix; `demos` are (record, rationale) few-shot demonstrations."""
+    shots = "".join(question_block(r) + "Reasoning: " + student_target(rat, r.answer) + STOP for r, rat in demos or [])
+    return shots + question_block(record) + "Reasoning: "
+
+
+def strip_answer_line(rationale: str) -> str:
+    """The reasoning part of a model answer: everything before the first "Answer:" line."""
+    return re.split(r"\n?\s*Answer\s*:", rationale, maxsplit=1, flags=re.IGNORECASE)[0].strip()
+
+
+# ------------------------------------------------------------------------------------------------ teacher
+
+TEACHER_SYSTEM = (
+    "You are an expert tutor writing worked solutions for a small student model. Reason step by step in a few "
+    "short sentences, compute every intermediate result explicitly, and finish with a final line of the form "
+    "'Answer: X' where X is {answer_form}."
+)
+ANSWER_FORMS = {
+    "numeric": "a single number",
+    "yesno": "yes or no",
+    "choice": "the letter of the correct choice, (a) to (e)",
+}
+
+# Hand-written demonstrations (one per answer type family); short, in the student's compact style.
+FEW_SHOT: dict[str, list[tuple[str, tuple[str, ...], str, str]]] = {
+    "numeric": [
+        ("A baker makes 24 rolls and sells 3 bags of 5 rolls. How many rolls are left?", (),
+         "The baker sells 3 * 5 = 15 rolls. 24 - 15 = 9 rolls are left.", "9"),
+        ("Tim reads 12 pages a day for 4 days, then 10 more pages. How many pages has he read?", (),
+         "In 4 days he reads 12 * 4 = 48 pages. 48 + 10 = 58 pages in all.", "58"),
+    ],
+    "yesno": [
+        ("Could a cat fit inside a shoebox?", (),
+         "A shoebox is about 30 cm long. A small cat curled up is about 30 cm long. So a cat could fit.", "yes"),
+        ("Is the Pacific Ocean smaller than Lake Superior?", (),
+         "The Pacific Ocean covers about 165 million square km. Lake Superior covers about 82,000 square km. "
+         "So the Pacific is far larger.", "no"),
+    ],
+    "choice": [
+        ("Where would you keep milk cold?", ("oven", "refrigerator", "cupboard", "garden", "car"),
+         "Milk must stay cold. A refrigerator keeps food cold.", "b"),
+        ("What do people use to cut paper?", ("spoon", "pillow", "glue", "scissors", "water"),
+         "Cutting needs a blade. Scissors have blades for paper.", "d"),
+    ],
+}
+
+
+def _answer_type(record: Record, answer_type: str | None) -> str:
+    return answer_type or ("choice" if record.choices else "numeric")
+
+
+def teacher_cot_messages(record: Record, answer_type: str | None = None, few_shot: bool = True) -> list[dict]:
+    """Round 1: a few-shot chain-of-thought prompt for the whole training set."""
+    kind = _answer_type(record, answer_type)
+    messages = [{"role": "system", "content": TEACHER_SYSTEM.format(answer_form=ANSWER_FORMS[kind])}]
+    if few_shot:
+        for question, choices, rationale, answer in FEW_SHOT[kind]:
+            demo = Record(id="demo", question=question, answer=answer, choices=choices)
+            messages.append({"role": "user", "content": question_block(demo).strip()})
+            messages.append({"role": "assistant", "content": student_target(rationale, answer)})
+    messages.append({"role": "user", "content": question_block(record).strip()})
+    return messages
+
+
+def teacher_feedback_messages(record: Record, wrong_rationale: str, answer_type: str | None = None,
+                              use_hint: bool = True) -> list[dict]:
+    """Rounds >= 2: show the student's wrong rationale and (with the hint) the correct answer."""
+    kind = _answer_type(record, answer_type)
+    hint = f"Hint: the correct answer is {record.answer}.\n" if use_hint else ""
+    content = (
+        question_block(record)
+        + f"Student's solution: {fold_rationale(wrong_rationale)}\n"
+        + "The student's solution is wrong. " + hint
+        + "Write a correct step-by-step solution that avoids the student's error, "
+        + "and end with the line 'Answer: X'."
+    )
+    return [
+        {"role": "system", "content": TEACHER_SYSTEM.format(answer_form=ANSWER_FORMS[kind])},
+        {"role": "user", "content": content},
+    ]
+
+
+def question_from_messages(messages: list[dict]) -> tuple[str, tuple[str, ...]] | None:
+    """The question (and choices) of the last user message; what a local teacher server answers."""
+    users = [m for m in messages if m.get("role") == "user"]
+    if not users:
+        return None
+    text = str(users[-1].get("content", ""))
+    match = re.search(r"Question:\s*(.+?)\s*(?:\nAnswer Choices:\s*(.+?))?\s*(?:\n|$)", text, flags=re.DOTALL)
+    if not match:
+        return None
+    question = match.group(1).split("\n")[0].strip()
+    choices: tuple[str, ...] = ()
+    if match.group(2):
+        choices = tuple(c.strip() for c in re.split(r"\([a-e]\)", match.group(2).split("\n")[0]) if c.strip())
+    return question, choices

@@ -1,0 +1,65 @@
+"""The two losses of METHOD.md, short enough to check against the formulas by eye.
+
+    L = L_lm + lambda * L_ref
+
+L_lm  = sum_t w_t * CE_t / #non-pad tokens      (w = w_prefix on prefix tokens, 1 on target tokens, 0 on pads)
+L_ref = mean over valid items of max(0, margin - cos(a, p) + cos(a, n))
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+IGNORE = -100  # label of padding positions
+
+
+def weighted_lm_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Token-weighted causal-LM cross-entropy.
+
+    logits [B,T,V] and labels [B,T] as a causal LM's forward takes them (this function shifts by one token:
+    position t predicts label t+1); weights [B,T] aligned with labels. Label -100 marks padding.
+    Returns sum(weight * CE) over non-pad positions / number of non-pad positions.
+    """
+    logits, labels, weights = logits[:, :-1], labels[:, 1:], weights[:, 1:]
+    mask = labels != IGNORE
+    ce = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), labels.reshape(-1).clamp(min=0),
+                         reduction="none").view_as(labels)
+    return (ce * weights.to(ce.dtype) * mask).sum() / mask.sum().clamp(min=1)
+
+
+def reflection_loss(anchor: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor, valid: torch.Tensor,
+                    margin: float = 1.0) -> torch.Tensor:
+    """Triplet loss on cosine similarity over [B,H] representations.
+
+    valid [B] (bool) marks items that have both a positive and a negative; the others contribute nothing.
+    Returns the mean over valid items of max(0, margin - cos(a,p) + cos(a,n)); 0 (still attached to the
+    graph, never NaN) when no item is valid.
+    """
+    cos_ap = F.cosine_similarity(anchor.float(), positive.float(), dim=-1)
+    cos_an = F.cosine_similarity(anchor.float(), negative.float(), dim=-1)
+    per_item = torch.clamp(margin - cos_ap + cos_an, min=0.0)
+    per_item = torch.where(valid, per_item, torch.zeros_like(per_item))
+    return per_item.sum() / valid.sum().clamp(min=1)
+
+
+def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, mode: str = "last",
+         rationale_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """A sequence representation from final-layer hidden states [B,T,H].
+
+    last: the hidden state of the last non-pad token (the eos) - works for left or right padding.
+    mean: the mean over the rationale tokens (rationale_mask [B,T]).
+    """
+    if mode == "last":
+        positions = torch.arange(attention_mask.size(1), device=attention_mask.device)
+        last = (attention_mask.bool() * positions).argmax(dim=1)
+        return hidden[torch.arange(hidden.size(0), device=hidden.device), last]
+    if mode == "mean":
+        mask = (rationale_mask if rationale_mask is not None else attention_mask).to(hidden.dtype).unsqueeze(-1)
+        return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+    raise ValueError(f"unknown pooling {mode!r}: expected 'last' or 'mean'")
+
+
+def total_loss(lm: torch.Tensor, ref: torch.Tensor, weight: float) -> torch.Tensor:
+    """L = L_lm + lambda * L_ref; with lambda = 0 exactly L_lm."""
+    return lm + weight * ref if weight else lm
