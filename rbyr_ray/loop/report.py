@@ -1,0 +1,104 @@
+"""report.png and weak spots (accuracy per question tag per round), rebuilt by `rbyr-ray report RUN_DIR`."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pandas as pd
+
+log = logging.getLogger(__name__)
+
+
+def write_report(run_dir: Path, summary: dict, weak: pd.DataFrame | None = None) -> Path:
+    """Plot test accuracy per round against the untuned student, teacher acceptance, and the two losses."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rounds = [r for r in summary["rounds"] if r["round"] >= 1]
+    ks = [r["round"] for r in rounds]
+    panels = 4 if weak is not None and len(weak) else 3
+    fig, axes = plt.subplots(1, panels, figsize=(4.2 * panels, 3.6))
+    ax = axes[0]
+    ax.plot(ks, [r["test_accuracy"] for r in rounds], "o-", label="student after round k")
+    if summary.get("untuned_test_accuracy") is not None:
+        ax.axhline(summary["untuned_test_accuracy"], color="gray", ls="--", label="untuned student")
+    ax.set(title="test accuracy", xlabel="round", ylim=(0, 1))
+    ax.legend(fontsize=8)
+    ax = axes[1]
+    rates = [(r["teacher_accepted"] or 0) / max(1, (r["teacher_accepted"] or 0) + (r["teacher_rejected"] or 0))
+             for r in rounds]
+    ax.bar(ks, rates, color="tab:green")
+    ax.set(title="teacher acceptance rate", xlabel="round", ylim=(0, 1))
+    ax = axes[2]
+    ax.plot(ks, [r["lm_loss"] for r in rounds], "o-", label="L_lm")
+    ax.plot(ks, [r["reflection_loss"] for r in rounds], "s-", label="L_ref")
+    ax.set(title="training losses", xlabel="round")
+    ax.legend(fontsize=8)
+    if panels == 4:
+        ax = axes[3]
+        for (tag, value), group in weak.groupby(["tag", "value"]):
+            ax.plot(group["round"], group["accuracy"], "o-", label=f"{tag}={value}")
+        ax.set(title="accuracy by question tag", xlabel="round", ylim=(0, 1))
+        ax.legend(fontsize=6, ncol=2)
+    for ax in axes:
+        ax.set_xticks(sorted({0, *ks}) if ax is axes[0] else ks)
+    fig.tight_layout()
+    out = run_dir / "report.png"
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def weak_spots(run_dir: Path) -> pd.DataFrame:
+    """Accuracy per (tag, value) per round over the evaluation questions (arith steps/ops, SVAMP type, ...)."""
+    from ..tasks import load_task
+    from .rundir import load_run_config
+
+    cfg = load_run_config(run_dir)
+    task = load_task(cfg.task, seed=cfg.seed)
+    tags = {r.id: r.tags for r in task.train + task.test + task.val}
+    frames = []
+    for path in sorted(run_dir.glob("round_*/eval.parquet")):
+        k = int(path.parent.name.split("_")[1])
+        rows = pd.read_parquet(path, columns=["id", "correct"])
+        for qid, correct in zip(rows["id"], rows["correct"]):
+            for tag, value in tags.get(qid, {}).items():
+                frames.append((k, tag, str(value), bool(correct)))
+    if not frames:
+        return pd.DataFrame(columns=["round", "tag", "value", "n", "accuracy"])
+    df = pd.DataFrame(frames, columns=["round", "tag", "value", "correct"])
+    out = df.groupby(["tag", "value", "round"], as_index=False).agg(n=("correct", "size"), accuracy=("correct", "mean"))
+    return out.sort_values(["tag", "value", "round"]).reset_index(drop=True)
+
+
+def format_weak_spots(weak: pd.DataFrame) -> str:
+    if weak.empty:
+        return "no tagged evaluation questions"
+    table = weak.pivot_table(index=["tag", "value"], columns="round", values="accuracy")
+    table.columns = [f"round {c}" for c in table.columns]
+    counts = weak.groupby(["tag", "value"])["n"].max()
+    table.insert(0, "n", counts)
+    return table.to_string(float_format=lambda v: f"{v:.3f}")
+
+
+def rebuild(run_dir: Path) -> dict:
+    """Rebuild summary.json, the round table, report.png and weak_spots.csv from a run dir's files."""
+    from .rundir import RunDir, load_run_config
+    from .summary import build_summary, print_round_table
+
+    rd = RunDir.create_or_resume(run_dir, load_run_config(run_dir))
+    summary = build_summary(rd)
+    rd.write_summary(summary)
+    print_round_table(summary)
+    weak = weak_spots(run_dir)
+    weak.to_csv(run_dir / "weak_spots.csv", index=False)
+    print("\nweak spots: test accuracy per question tag and round")
+    print(format_weak_spots(weak))
+    out = write_report(run_dir, summary, weak)
+    print(f"\nwrote {out}")
+    log.debug(json.dumps(summary))
+    return summary

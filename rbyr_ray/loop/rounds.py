@@ -1,0 +1,244 @@
+"""The multi-round loop, top to bottom as METHOD.md "One round" reads: exam -> teacher -> train -> evaluate.
+
+    import rbyr_ray
+    summary = rbyr_ray.run("configs/demo.yaml")                 # or an ExperimentConfig
+    summary["rounds"][-1]["test_accuracy"]
+
+Every stage writes its files into `run_dir/round_<k>/` and is then recorded in the manifest; a stage found
+in the manifest is not run again, so `rbyr-ray resume RUN_DIR` continues at the first incomplete stage.
+Teacher requests go through the run's ledger, so a resumed teacher stage sends only what is missing.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import pandas as pd
+
+from ..config import ExperimentConfig, load_config
+from ..ray_utils import init_ray
+from ..tasks import TASKS, Record, load_task
+from .rundir import RunDir, load_run_config
+from .summary import build_summary, print_round_table
+from .tracking import Tracker
+
+log = logging.getLogger(__name__)
+
+
+def run(config: ExperimentConfig | str | Path, run_dir: str | Path | None = None) -> dict:
+    """Run (or continue) a multi-round experiment; returns the summary written to summary.json."""
+    cfg = config if isinstance(config, ExperimentConfig) else load_config(config)
+    run_dir = Path(run_dir or cfg.run_dir or f"runs/{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    rd = RunDir.create_or_resume(run_dir, cfg)
+    log.info("run dir: %s", rd.path)
+    init_ray(cfg.ray)
+    tracker = Tracker(cfg, rd.path)
+    try:
+        _rounds(cfg, rd, tracker)
+    finally:
+        tracker.close()
+    summary = build_summary(rd)
+    print_round_table(summary)
+    from .report import write_report
+
+    write_report(rd.path, summary)
+    return summary
+
+
+def resume(run_dir: str | Path) -> dict:
+    """Continue a run from its own resolved config at the first incomplete stage."""
+    return run(load_run_config(run_dir), run_dir=run_dir)
+
+
+def _rounds(cfg: ExperimentConfig, rd: RunDir, tracker: Tracker) -> None:
+    from ..student.models import resolve_model_dir
+
+    task = load_task(cfg.task, seed=cfg.seed)
+    answer_type = TASKS[cfg.task.name].answer_type
+    records = {r.id: r for r in task.train + task.test + task.val}
+    eval_split = task.split(cfg.eval.split)
+    model = resolve_model_dir(cfg.student.model, cfg.student.cache_dir, cfg.student.allow_hub_download,
+                              cfg.student.dtype)
+    stage = _StageRunner(cfg, rd, tracker)
+
+    # Round 0: the untuned student (its test accuracy is the baseline; its exam gives round 1's negatives).
+    if cfg.exam.round0:
+        stage.exam(0, task.train, model, answer_type)
+    best = stage.evaluate(0, eval_split, model, answer_type)["accuracy"]
+    rounds_without_gain = 0
+
+    for k in range(1, cfg.rounds + 1):
+        # 1. Exam: the student samples rationales for every training question; wrong ones are its mistakes.
+        exam_round = k if k >= 2 else 0
+        if k >= 2:
+            stage.exam(k, task.train, model, answer_type)
+        mistakes = read_mistakes(rd, exam_round, cfg.train.reflection.max_negatives)
+
+        # 2. Teacher: round 1 covers the whole training set with few-shot CoT; later rounds only the
+        #    questions with mistakes, with the feedback prompt (wrong rationale + hint).
+        asked = task.train if k == 1 else [r for r in task.train if r.id in mistakes]
+        stage.teacher(k, asked, None if k == 1 else mistakes, answer_type, model)
+
+        # 3. Train, continuing from the previous round's weights, on the accepted teacher rationales.
+        stage.train_data(k, records, mistakes, answer_type, model)
+        model = stage.train(k, model)
+
+        # 4. Evaluate on the test split with greedy decoding.
+        accuracy = stage.evaluate(k, eval_split, model, answer_type)["accuracy"]
+        rd.write_summary(build_summary(rd))
+        if accuracy > best:
+            best, rounds_without_gain = accuracy, 0
+        else:
+            rounds_without_gain += 1
+        if cfg.patience and rounds_without_gain >= cfg.patience:
+            log.info("round %d: test accuracy has not risen for %d round(s); stopping", k, rounds_without_gain)
+            break
+
+
+def read_mistakes(rd: RunDir, exam_round: int, max_negatives: int) -> dict[str, list[str]]:
+    """Question id -> the student's distinct wrong rationales (up to max_negatives) from a round's exam."""
+    path = rd.path / f"round_{exam_round}" / "exam.parquet"
+    if not path.exists():
+        return {}
+    rows = pd.read_parquet(path, columns=["id", "rationale", "correct", "error"])
+    wrong = rows[(~rows["correct"].astype(bool)) & rows["error"].isna()]
+    mistakes: dict[str, list[str]] = {}
+    for qid, rationale in zip(wrong["id"], wrong["rationale"]):
+        kept = mistakes.setdefault(qid, [])
+        if rationale and rationale.strip() and rationale not in kept and len(kept) < max_negatives:
+            kept.append(rationale)
+    return {q: m for q, m in mistakes.items() if m}
+
+
+class _StageRunner:
+    """Runs one stage unless the manifest says it is done; records its metrics and wall time."""
+
+    def __init__(self, cfg: ExperimentConfig, rd: RunDir, tracker: Tracker):
+        self.cfg, self.rd, self.tracker = cfg, rd, tracker
+
+    def _run(self, k: int, name: str, fn) -> dict:
+        entry = self.rd.done(k, name)
+        if entry is not None:
+            log.info("round %d %-10s done earlier (%.0f s); skipped", k, name, entry["wall_s"])
+            return entry["metrics"]
+        log.info("round %d %-10s ...", k, name)
+        start = time.time()
+        metrics = fn()
+        entry = self.rd.record(k, name, metrics, time.time() - start)
+        log.info("round %d %-10s done in %.0f s: %s", k, name, entry["wall_s"], _short(metrics))
+        self.tracker.log(k, {f"{name}/{key}": v for key, v in metrics.items()})
+        return metrics
+
+    def exam(self, k: int, questions: list[Record], model: str, answer_type: str) -> dict:
+        from ..student.exam import run_exam
+
+        def go():
+            limit = self.cfg.exam.limit
+            result = run_exam(questions[:limit] if limit else questions, model, self.cfg, answer_type=answer_type,
+                              samples=self.cfg.exam.samples, greedy=False,
+                              max_new_tokens=self.cfg.exam.max_new_tokens or TASKS[self.cfg.task.name].max_new_tokens,
+                              out_path=self.rd.round_dir(k) / "exam.parquet", seed=self.cfg.seed + k)
+            wrong = result.rows[~result.rows["correct"].astype(bool)]
+            return {"exam_accuracy": result.sample_accuracy, "questions": int(result.rows["id"].nunique()),
+                    "mistake_questions": int(wrong["id"].nunique()), "failed_rows": int(result.rows["error"].notna().sum()),
+                    "tokens_per_s": result.tokens_per_s}
+        return self._run(k, "exam", go)
+
+    def evaluate(self, k: int, questions: list[Record], model: str, answer_type: str) -> dict:
+        from ..student.exam import run_exam
+
+        def go():
+            result = run_exam(questions, model, self.cfg, answer_type=answer_type, samples=1, greedy=True,
+                              max_new_tokens=self.cfg.eval.max_new_tokens or TASKS[self.cfg.task.name].max_new_tokens,
+                              out_path=self.rd.round_dir(k) / "eval.parquet", seed=self.cfg.seed)
+            return {"accuracy": result.accuracy, "questions": len(questions), "tokens_per_s": result.tokens_per_s}
+        return self._run(k, "eval", go)
+
+    def teacher(self, k: int, questions: list[Record], mistakes: dict | None, answer_type: str, model: str) -> dict:
+        from ..teacher.stage import annotate
+
+        def go():
+            with teacher_endpoint(self.cfg, model) as base_url:
+                result = annotate(questions, self.cfg.teacher, answer_type=answer_type, base_url=base_url,
+                                  ledger_path=self.ledger_path, out_path=self.rd.round_dir(k) / "teacher.parquet",
+                                  mistakes=mistakes, seed=self.cfg.seed + k)
+            return {"questions": len(questions), "teacher_requests": result.requests_sent,
+                    "teacher_ledger_hits": result.ledger_hits, "teacher_accepted": result.accepted,
+                    "teacher_rejected": result.rejected, "teacher_failed": result.failed,
+                    "teacher_tokens": result.tokens, "teacher_cost_usd": result.cost_usd}
+        return self._run(k, "teacher", go)
+
+    @property
+    def ledger_path(self) -> Path:
+        return Path(self.cfg.teacher.ledger) if self.cfg.teacher.ledger else self.rd.path / "teacher_ledger.sqlite"
+
+    def train_data(self, k: int, records: dict[str, Record], mistakes: dict, answer_type: str, model: str) -> dict:
+        from ..student.models import load_tokenizer
+        from ..train.data import build_train_items
+
+        def go():
+            teacher_rows = self._teacher_rows(k)
+            all_mistakes = dict(mistakes)
+            if self.cfg.train.all_rounds_data:  # negatives from every exam so far
+                for j in range(k):
+                    for qid, wrong in read_mistakes(self.rd, j, self.cfg.train.reflection.max_negatives).items():
+                        all_mistakes.setdefault(qid, wrong)
+            items = build_train_items(teacher_rows, all_mistakes, records, load_tokenizer(model, "right"),
+                                      self.cfg.train, answer_type=answer_type, seed=self.cfg.seed + k)
+            items.to_parquet(self.rd.round_dir(k) / "train_data.parquet")
+            valid = items["valid"].astype(bool) if "valid" in items else pd.Series([], dtype=bool)
+            return {"items": len(items), "questions": int(items["id"].nunique()) if len(items) else 0,
+                    "items_with_triplet": int(valid.sum())}
+        return self._run(k, "train_data", go)
+
+    def _teacher_rows(self, k: int) -> pd.DataFrame:
+        """Accepted teacher rationales of this round, plus earlier rounds' (all, or `replay` of them)."""
+        current = pd.read_parquet(self.rd.round_dir(k) / "teacher.parquet").assign(round=k)
+        earlier = [pd.read_parquet(p).assign(round=j) for j in range(1, k)
+                   if (p := self.rd.path / f"round_{j}" / "teacher.parquet").exists()]
+        rows = current
+        if earlier and (self.cfg.train.all_rounds_data or self.cfg.train.replay):
+            old = pd.concat(earlier, ignore_index=True)
+            old = old[old["accepted"].astype(bool) & ~old["id"].isin(current["id"])]
+            if not self.cfg.train.all_rounds_data:  # replay a seeded sample of earlier questions
+                ids = sorted(old["id"].unique())
+                keep = set(random.Random(self.cfg.seed + k).sample(ids, min(self.cfg.train.replay, len(ids))))
+                old = old[old["id"].isin(keep)]
+            rows = pd.concat([current, old], ignore_index=True)
+        return rows[rows["accepted"].astype(bool)].reset_index(drop=True)
+
+    def train(self, k: int, model: str) -> str:
+        from ..train.trainer import train_round
+
+        out_dir = self.rd.round_dir(k)
+
+        def go():
+            result = train_round(out_dir / "train_data.parquet", model, out_dir, self.cfg, seed=self.cfg.seed + k)
+            return {"lm_loss": result.lm_loss, "reflection_loss": result.reflection_loss, "steps": result.steps,
+                    "tokens": result.tokens, "model_dir": str(result.model_dir)}
+        return self._run(k, "train", go)["model_dir"]
+
+
+@contextmanager
+def teacher_endpoint(cfg: ExperimentConfig, student_model: str):
+    """The teacher's base URL: a configured endpoint, or a local server started for this stage only."""
+    if cfg.teacher.backend == "openai":
+        if not cfg.teacher.base_url:
+            raise ValueError("teacher.base_url: required when teacher.backend is 'openai'")
+        yield cfg.teacher.base_url
+        return
+    from ..teacher.server import LocalTeacherServer
+
+    # `student` (STaR-style): the current student rationalizes its own mistakes, served locally.
+    backend = "student" if cfg.teacher.backend == "student" else cfg.teacher.local_backend
+    with LocalTeacherServer(backend, cfg.task, cfg.teacher, model_path=student_model) as base_url:
+        yield base_url
+
+
+def _short(metrics: dict) -> str:
+    return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()
+                     if not isinstance(v, str))

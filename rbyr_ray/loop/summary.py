@@ -1,0 +1,70 @@
+"""summary.json: the per-round table, built from the manifest alone (so it can be rebuilt at any time)."""
+
+from __future__ import annotations
+
+from .rundir import RunDir
+
+ROUND_FIELDS = ["test_accuracy", "exam_accuracy", "mistake_questions", "teacher_requests", "teacher_ledger_hits",
+                "teacher_accepted", "teacher_rejected", "lm_loss", "reflection_loss"]
+
+
+def build_summary(rd: RunDir) -> dict:
+    def metrics(k: int, stage: str) -> dict:
+        entry = rd.done(k, stage)
+        return entry["metrics"] if entry else {}
+
+    rounds = []
+    for k in rd.rounds():
+        exam = metrics(k, "exam") if k != 1 else metrics(0, "exam")  # round 1 learns from round 0's exam
+        teacher, train, ev = metrics(k, "teacher"), metrics(k, "train"), metrics(k, "eval")
+        row = {
+            "round": k,
+            "test_accuracy": ev.get("accuracy"),
+            "exam_accuracy": exam.get("exam_accuracy"),
+            "mistake_questions": exam.get("mistake_questions"),
+            "teacher_requests": teacher.get("teacher_requests"),
+            "teacher_ledger_hits": teacher.get("teacher_ledger_hits"),
+            "teacher_accepted": teacher.get("teacher_accepted"),
+            "teacher_rejected": teacher.get("teacher_rejected"),
+            "lm_loss": train.get("lm_loss"),
+            "reflection_loss": train.get("reflection_loss"),
+            "wall_s": {e["stage"]: e["wall_s"] for e in rd.manifest["stages"].values() if e["round"] == k},
+        }
+        rounds.append(row)
+    untuned = next((r["test_accuracy"] for r in rounds if r["round"] == 0), None)
+    finished = [r for r in rounds if r["round"] >= 1 and r["test_accuracy"] is not None]
+    return {
+        "run_dir": str(rd.path),
+        "untuned_test_accuracy": untuned,
+        "final_test_accuracy": finished[-1]["test_accuracy"] if finished else None,
+        "best_test_accuracy": max((r["test_accuracy"] for r in finished), default=None),
+        "total_wall_s": round(sum(e["wall_s"] for e in rd.manifest["stages"].values()), 1),
+        "rounds": rounds,
+    }
+
+
+def _cell(value, width: int) -> str:
+    if value is None:
+        return "-".rjust(width)
+    if isinstance(value, float):
+        return f"{value:.3f}".rjust(width)
+    return str(value).rjust(width)
+
+
+def format_round_table(summary: dict) -> str:
+    headers = ["round", "test_acc", "exam_acc", "mistakes", "t_req", "t_hits", "t_acc", "t_rej", "lm_loss", "ref_loss",
+               "wall_s"]
+    lines = [" ".join(h.rjust(9) for h in headers)]
+    for r in summary["rounds"]:
+        values = [r["round"]] + [r[f] for f in ROUND_FIELDS] + [round(sum(r["wall_s"].values()))]
+        lines.append(" ".join(_cell(v, 9) for v in values))
+    if summary.get("untuned_test_accuracy") is not None and summary.get("final_test_accuracy") is not None:
+        gain = summary["final_test_accuracy"] - summary["untuned_test_accuracy"]
+        lines.append(f"final test accuracy {summary['final_test_accuracy']:.3f} vs untuned "
+                     f"{summary['untuned_test_accuracy']:.3f} ({gain * 100:+.1f} points); "
+                     f"{summary['total_wall_s']:.0f} s of stages")
+    return "\n".join(lines)
+
+
+def print_round_table(summary: dict) -> None:
+    print(format_round_table(summary), flush=True)
