@@ -84,6 +84,8 @@ class TeacherConfig(_Section):
     requests_per_minute: float | None = Field(None, gt=0)
     max_retries: int = Field(6, ge=0)
     timeout_s: float = Field(60.0, gt=0)
+    retry_backoff_s: float = Field(0.5, ge=0, description="first retry delay; doubles per retry, with jitter")
+    retry_backoff_max_s: float = Field(20.0, ge=0)
     use_n: bool = True  # ask for k samples with `n`; falls back to separate requests when a server ignores it
     use_hint: bool = True  # the feedback prompt includes the gold answer as a hint
     few_shot: bool = True

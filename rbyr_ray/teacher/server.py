@@ -1,0 +1,301 @@
+"""The local teacher server: OpenAI-compatible `/v1/chat/completions` (with `n` and `usage`) and `/v1/models`,
+backed by the `solver` or `reference` backend, with fault injection for robustness tests.
+
+    rbyr-ray teacher serve --backend solver --port 8000 --latency-ms 100 --error-rate 0.2
+
+    with LocalTeacherServer("solver", cfg.task, cfg.teacher) as base_url:   # a subprocess on a free port
+        annotate(records, cfg.teacher, base_url=base_url, ...)
+
+Per request, after the added latency (an `asyncio.sleep`, so it never blocks other requests): with
+probability error_rate an HTTP 500, else rate_limit_rate an HTTP 429; otherwise each of the n choices is,
+independently, a wrong answer (wrong_rate), unparseable text (garbage_rate) or the backend's correct one.
+`GET /stats` counts what the server did, so tests can check how many requests actually arrived.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import random
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from aiohttp import web
+
+from ..config import TaskConfig, TeacherConfig
+from .backends import Backend, ReferenceBackend, SolverBackend, garbage
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Faults:
+    latency_ms: float = 0.0
+    error_rate: float = 0.0
+    rate_limit_rate: float = 0.0
+    wrong_rate: float = 0.0
+    garbage_rate: float = 0.0
+
+    @classmethod
+    def from_config(cls, cfg: TeacherConfig) -> Faults:
+        return cls(cfg.latency_ms, cfg.error_rate, cfg.rate_limit_rate, cfg.wrong_rate, cfg.garbage_rate)
+
+
+@dataclass
+class ServerStats:
+    requests: int = 0       # chat completion requests received
+    completions: int = 0    # answered with 200
+    choices: int = 0
+    errors_500: int = 0
+    errors_429: int = 0
+    unauthorized: int = 0
+    started_at: float = field(default_factory=time.time)
+
+
+def count_tokens(text: str) -> int:
+    """A whitespace/punctuation token count: the local server's `usage` (no tokenizer needed).
+
+    >>> count_tokens("12 + 7 = 19.")
+    6
+    """
+    return len(re.findall(r"\w+|[^\w\s]", text))
+
+
+def make_app(backend: Backend, *, model: str = "rbyr-local-teacher", faults: Faults | None = None,
+             api_key: str | None = None, seed: int | None = None) -> web.Application:
+    """The aiohttp application; `seed` makes fault injection and wording reproducible."""
+    faults = faults or Faults()
+    rng = random.Random(seed)
+    stats = ServerStats()
+
+    def error(status: int, message: str, kind: str) -> web.Response:
+        return web.json_response({"error": {"message": message, "type": kind, "code": status}}, status=status,
+                                 headers={"Retry-After": "0"} if status == 429 else None)
+
+    def authorized(request: web.Request) -> bool:
+        if api_key is None:
+            return True
+        return request.headers.get("Authorization", "") == f"Bearer {api_key}"
+
+    async def models(request: web.Request) -> web.Response:
+        if not authorized(request):
+            stats.unauthorized += 1
+            return error(401, "invalid or missing API key", "invalid_request_error")
+        return web.json_response({"object": "list", "data": [
+            {"id": model, "object": "model", "created": int(stats.started_at), "owned_by": "rbyr-ray"}]})
+
+    async def completions(request: web.Request) -> web.Response:
+        stats.requests += 1
+        if not authorized(request):
+            stats.unauthorized += 1
+            return error(401, "invalid or missing API key", "invalid_request_error")
+        try:
+            body = await request.json()
+            messages = body["messages"]
+            n = int(body.get("n") or 1)
+            if not isinstance(messages, list) or not 1 <= n <= 128:
+                raise ValueError("messages must be a list and 1 <= n <= 128")
+        except (ValueError, KeyError, TypeError, json.JSONDecodeError) as exc:
+            return error(400, f"bad request: {exc}", "invalid_request_error")
+        if faults.latency_ms > 0:
+            await asyncio.sleep(faults.latency_ms / 1000.0)
+        draw = rng.random()
+        if draw < faults.error_rate:
+            stats.errors_500 += 1
+            return error(500, "injected server error", "server_error")
+        if draw < faults.error_rate + faults.rate_limit_rate:
+            stats.errors_429 += 1
+            return error(429, "injected rate limit", "rate_limit_error")
+        offset = rng.randrange(1 << 16)  # so that separate n=1 requests also vary in wording
+        texts = []
+        for i in range(n):
+            roll = rng.random()
+            if roll < faults.wrong_rate:
+                texts.append(backend.wrong(messages, rng))
+            elif roll < faults.wrong_rate + faults.garbage_rate:
+                texts.append(garbage(rng))
+            else:
+                texts.append(backend.answer(messages, offset + i))
+        stats.completions += 1
+        stats.choices += n
+        prompt_tokens = sum(count_tokens(str(m.get("content", ""))) for m in messages if isinstance(m, dict))
+        completion_tokens = sum(count_tokens(t) for t in texts)
+        return web.json_response({
+            "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": body.get("model") or model,
+            "choices": [{"index": i, "message": {"role": "assistant", "content": t}, "finish_reason": "stop"}
+                        for i, t in enumerate(texts)],
+            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                      "total_tokens": prompt_tokens + completion_tokens},
+        })
+
+    async def stats_view(request: web.Request) -> web.Response:
+        return web.json_response(stats.__dict__)
+
+    app = web.Application(client_max_size=16 * 1024 * 1024)
+    app.router.add_get("/v1/models", models)
+    app.router.add_post("/v1/chat/completions", completions)
+    app.router.add_get("/stats", stats_view)
+    app.router.add_get("/health", lambda request: web.json_response({"ok": True}))
+    return app
+
+
+def build_backend(name: str, task_cfg: TaskConfig | None = None) -> Backend:
+    """`solver` (arith, templates from the task config) or `reference` (loads the task's train and test)."""
+    task_cfg = task_cfg or TaskConfig()
+    if name == "solver":
+        return SolverBackend(templates=task_cfg.arith.templates)
+    if name == "reference":
+        from ..tasks import load_task
+
+        # The server answers whatever split the client asks about: index every record, without limits.
+        data = load_task(task_cfg.model_copy(update={"train_limit": None, "test_limit": None, "val_fraction": 0.0}))
+        return ReferenceBackend.from_records(task_cfg.name, list(data.train) + list(data.test))
+    raise ValueError(f"unknown local teacher backend {name!r}: expected solver or reference")
+
+
+async def serve(app: web.Application, host: str = "127.0.0.1", port: int = 0, announce=print) -> None:
+    """Serve until cancelled; binds first, so that `--port 0` can announce the port the OS chose."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(1024)
+    bound = sock.getsockname()[1]
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.SockSite(runner, sock)
+    await site.start()
+    shown = f"[{host}]" if ":" in host else host
+    announce(f"rbyr-ray teacher listening on http://{shown}:{bound}/v1")
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()
+
+
+_LISTENING = re.compile(r"listening on (http://\S+/v1)")
+
+
+class LocalTeacherServer:
+    """Context manager: `rbyr-ray teacher serve` in a subprocess on a free loopback port; yields its base_url.
+
+        with LocalTeacherServer("solver", TaskConfig(), TeacherConfig(latency_ms=5)) as url:
+            ...   # url == "http://127.0.0.1:PORT/v1"
+
+    Fault flags come from `teacher_cfg`; the task config goes through a temporary YAML file so that the
+    reference backend can load the same task (data dir, arith settings, templates).
+    """
+
+    def __init__(self, backend: str = "solver", task_cfg: TaskConfig | None = None,
+                 teacher_cfg: TeacherConfig | None = None, *, host: str = "127.0.0.1", api_key: str | None = None,
+                 seed: int | None = None, startup_timeout_s: float = 60.0, log_path: str | os.PathLike | None = None):
+        self.backend = backend
+        self.task_cfg = task_cfg or TaskConfig()
+        self.teacher_cfg = teacher_cfg or TeacherConfig()
+        self.host = host
+        self.api_key = api_key
+        self.seed = seed
+        self.startup_timeout_s = startup_timeout_s
+        self.log_path = log_path
+        self.base_url: str | None = None
+        self._proc: subprocess.Popen | None = None
+        self._log = None
+        self._tmp: tempfile.TemporaryDirectory | None = None
+
+    def command(self, task_file: str) -> list[str]:
+        f = Faults.from_config(self.teacher_cfg)
+        cmd = [sys.executable, "-m", "rbyr_ray.cli", "teacher", "serve", "--backend", self.backend,
+               "--task-config", task_file, "--host", self.host, "--port", "0", "--model", self.teacher_cfg.model,
+               "--latency-ms", str(f.latency_ms), "--error-rate", str(f.error_rate),
+               "--rate-limit-rate", str(f.rate_limit_rate), "--wrong-rate", str(f.wrong_rate),
+               "--garbage-rate", str(f.garbage_rate)]
+        if self.seed is not None:
+            cmd += ["--seed", str(self.seed)]
+        return cmd
+
+    def start(self) -> str:
+        import yaml
+
+        self._tmp = tempfile.TemporaryDirectory(prefix="rbyr-teacher-")
+        task_file = str(Path(self._tmp.name) / "task.yaml")
+        Path(task_file).write_text(yaml.safe_dump(self.task_cfg.model_dump(mode="json")))
+        env = dict(os.environ)
+        if self.api_key is not None:
+            # Passed through the environment, never on the command line (visible in `ps`).
+            env["RBYR_TEACHER_SERVER_KEY"] = self.api_key
+        stdout_path = Path(self.log_path) if self.log_path else Path(self._tmp.name) / "server.log"
+        self._log = open(stdout_path, "w")  # noqa: SIM115 - held open for the server's lifetime, closed in stop()
+        self._proc = subprocess.Popen(self.command(task_file) + (["--api-key-env", "RBYR_TEACHER_SERVER_KEY"]
+                                                                if self.api_key is not None else []),
+                                      stdout=subprocess.PIPE, stderr=self._log, env=env, text=True)
+        deadline = time.monotonic() + self.startup_timeout_s
+        line = self._proc.stdout.readline()  # the first line announces the bound address
+        match = _LISTENING.search(line or "")
+        if not match:
+            self.stop()
+            raise RuntimeError(f"local teacher server did not start: {line!r}; see {stdout_path}")
+        self.base_url = match.group(1)
+        self._wait_ready(deadline)
+        log.info("local teacher server (%s) at %s", self.backend, self.base_url)
+        return self.base_url
+
+    def _wait_ready(self, deadline: float) -> None:
+        import urllib.error
+        import urllib.request
+
+        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        while True:
+            try:
+                with urllib.request.urlopen(urllib.request.Request(f"{self.base_url}/models", headers=headers),
+                                            timeout=2) as resp:
+                    if resp.status == 200:
+                        return
+            except (urllib.error.URLError, OSError):
+                pass
+            if time.monotonic() > deadline or self._proc.poll() is not None:
+                self.stop()
+                raise RuntimeError(f"local teacher server at {self.base_url} did not answer /v1/models")
+            time.sleep(0.05)
+
+    def stats(self) -> dict:
+        """The server's own counters (GET /stats): requests received, completions, injected errors."""
+        import urllib.request
+
+        root = self.base_url[: -len("/v1")]
+        with urllib.request.urlopen(f"{root}/stats", timeout=5) as resp:
+            return json.loads(resp.read())
+
+    def stop(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+        if self._proc is not None and self._proc.stdout:
+            self._proc.stdout.close()
+        self._proc = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    def __enter__(self) -> str:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

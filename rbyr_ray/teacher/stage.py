@@ -1,0 +1,217 @@
+"""The teacher stage of a round: a Ray Data pipeline of async actors that ask the teacher through the ledger,
+grade every rationale against the gold answer (the quality gate), and write teacher.parquet.
+
+    result = annotate(data.train, cfg.teacher, answer_type="numeric", base_url=url,
+                      ledger_path="runs/x/teacher_ledger.sqlite", out_path="runs/x/round1/teacher.parquet")
+    result.accepted, result.requests_sent, result.ledger_hits
+    result.rows        # id, sample, rationale, predicted, accepted, error, cached, kind (+ text, attempt, ...)
+
+`mistakes=None`: the round-1 few-shot CoT prompt for every record. Otherwise the feedback prompt (one of the
+student's wrong rationales, chosen by `seed`, plus the hint) for the records in `mistakes` only.
+Each question asks for k = cfg.samples samples (indices 0..k-1); with cfg.reask = m, a question without an
+accepted rationale is asked again for samples k..2k-1, and so on, up to m times. A question whose requests
+failed for good appears with its error in the `error` column: never silently dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import os
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from ..config import TeacherConfig
+from ..tasks.grading import answers_match, extract_answer
+from ..tasks.prompts import strip_answer_line, teacher_cot_messages, teacher_feedback_messages
+from ..tasks.records import Record
+
+log = logging.getLogger(__name__)
+
+ROW_COLUMNS = ["id", "sample", "rationale", "predicted", "accepted", "error", "cached", "kind", "text", "attempt",
+               "http_requests", "tokens", "cost_usd"]
+
+
+@dataclass
+class TeacherResult:
+    rows: pd.DataFrame
+    questions: int
+    requests_sent: int   # HTTP requests sent by this call, retries included
+    ledger_hits: int     # samples served from the ledger instead of the server
+    accepted: int        # rationales whose final answer equals the gold answer
+    rejected: int        # rationales obtained but wrong or unparseable
+    failed: int          # samples not obtained (retries exhausted, non-retryable error, or budget)
+    tokens: int          # spent by requests this call sent
+    cost_usd: float
+    wall_s: float
+    out_path: str | None = None
+    budget_message: str | None = None
+
+    def summary(self) -> dict:
+        """The CLI's --json line."""
+        return {"questions": self.questions, "accepted": self.accepted, "rejected": self.rejected,
+                "failed": self.failed, "requests_sent": self.requests_sent, "ledger_hits": self.ledger_hits,
+                "tokens": self.tokens, "cost_usd": round(self.cost_usd, 6), "wall_s": round(self.wall_s, 3),
+                "budget_exhausted": self.budget_message is not None}
+
+
+# ----------------------------------------------------------------------------------------- requests
+
+
+def build_requests(records: Sequence[Record], cfg: TeacherConfig, answer_type: str,
+                   mistakes: dict[str, list[str]] | None = None, seed: int = 0) -> list[dict]:
+    """One row per question to ask: its prompt (JSON messages), gold answer and kind ("cot" or "feedback").
+
+    The wrong rationale shown in a feedback prompt is drawn with a per-question seeded RNG, so that a rerun
+    builds the very same prompt and finds it in the ledger.
+    """
+    rows = []
+    for order, record in enumerate(records):
+        if mistakes is None:
+            messages, kind = teacher_cot_messages(record, answer_type, few_shot=cfg.few_shot), "cot"
+        else:
+            wrong = [w for w in mistakes.get(record.id) or [] if w and w.strip()]
+            if not wrong:
+                continue
+            pick = random.Random(f"{seed}:{record.id}").choice(sorted(wrong))
+            messages = teacher_feedback_messages(record, pick, answer_type, use_hint=cfg.use_hint)
+            kind = "feedback"
+        rows.append({"order": order, "id": record.id, "kind": kind, "messages": json.dumps(messages),
+                     "answer": record.answer, "choices": json.dumps(list(record.choices))})
+    return rows
+
+
+class TeacherUDF:
+    """Ray Data actor: each batch of questions fans out concurrently through one CachedTeacher.
+
+    `__call__` is a coroutine: Ray Data (2.60) runs it on the actor's event loop and overlaps several
+    batches; the client's semaphore bounds the requests in flight.
+    """
+
+    def __init__(self, cfg: dict, base_url: str, ledger_path: str, answer_type: str, share: int = 1):
+        from .cached import CachedTeacher
+        from .client import TeacherClient
+        from .ledger import Ledger
+
+        self.cfg = TeacherConfig.model_validate(cfg)
+        self.answer_type = answer_type
+        client = TeacherClient.from_config(self.cfg, base_url, share=share)
+        self.teacher = CachedTeacher(client, Ledger(ledger_path), self.cfg)
+
+    async def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+        results = await asyncio.gather(*(self.question(row) for row in batch.to_dict("records")))
+        return pd.DataFrame([r for rows in results for r in rows], columns=["order", *ROW_COLUMNS])
+
+    async def question(self, row: dict) -> list[dict]:
+        messages = json.loads(row["messages"])
+        choices = tuple(json.loads(row["choices"]))
+        k = self.cfg.samples
+        out: list[dict] = []
+        for attempt in range(self.cfg.reask + 1):
+            indices = list(range(attempt * k, (attempt + 1) * k))
+            got = await self.teacher.samples(messages, indices)
+            first = True
+            for i in indices:
+                text = got.texts.get(i)
+                predicted = extract_answer(self.answer_type, text, choices) if text is not None else None
+                out.append({
+                    "order": row["order"], "id": row["id"], "sample": i,
+                    "rationale": strip_answer_line(text) if text is not None else "",
+                    "predicted": predicted,
+                    "accepted": text is not None and answers_match(self.answer_type, predicted, row["answer"]),
+                    "error": got.errors.get(i), "cached": i in got.cached, "kind": row["kind"],
+                    "text": text, "attempt": attempt,
+                    # Per-question accounting rides on one row so that column sums are totals.
+                    "http_requests": got.http_requests if first else 0,
+                    "tokens": got.tokens if first else 0, "cost_usd": got.cost_usd if first else 0.0,
+                })
+                first = False
+            budget_hit = any(e.startswith("teacher budget reached") for e in got.errors.values())
+            if budget_hit or any(r["accepted"] for r in out):
+                break
+        return out
+
+
+# ------------------------------------------------------------------------------------------ the stage
+
+
+def _check_key(cfg: TeacherConfig) -> None:
+    if cfg.backend == "openai" and cfg.api_key_env and not os.environ.get(cfg.api_key_env):
+        raise ValueError(f"teacher.backend=openai reads its API key from ${cfg.api_key_env}, which is not set; "
+                         f"export it (or set teacher.api_key_env to the variable that holds it)")
+
+
+def _out_file(out_path: str | os.PathLike | None) -> Path | None:
+    if out_path is None:
+        return None
+    path = Path(out_path)
+    return path if path.suffix == ".parquet" else path / "teacher.parquet"
+
+
+def annotate(records: Sequence[Record], cfg: TeacherConfig, *, answer_type: str, base_url: str | None,
+             ledger_path: str | os.PathLike, out_path: str | os.PathLike | None,
+             mistakes: dict[str, list[str]] | None = None, seed: int = 0) -> TeacherResult:
+    """Ask the teacher for k rationales per question as a Ray Data stage; grade, record, write Parquet.
+
+    `out_path` is a .parquet file or a folder (then <folder>/teacher.parquet). Ray is started if it is not
+    running yet. Returns a TeacherResult; when the budget stops requests, `budget_message` says so and the
+    unsent samples are rows with that message as their error.
+    """
+    import ray
+
+    base_url = base_url or cfg.base_url
+    if not base_url:
+        raise ValueError("no teacher base_url: pass base_url or set teacher.base_url")
+    _check_key(cfg)
+    start = time.monotonic()
+    requests = build_requests(records, cfg, answer_type, mistakes, seed)
+    rows = pd.DataFrame(columns=ROW_COLUMNS)
+    if requests:
+        if not ray.is_initialized():
+            from ..ray_utils import init_ray
+
+            init_ray()
+        replicas = max(1, min(cfg.replicas, len(requests)))
+        per_actor = math.ceil(cfg.concurrency / replicas)
+        # Ray Data overlaps a few batches per async actor; batches of about one actor's concurrency keep the
+        # semaphore saturated without making one slow question hold back a large batch.
+        batch_size = max(4, per_actor)
+        ds = ray.data.from_items(requests, override_num_blocks=max(1, math.ceil(len(requests) / batch_size)))
+        ds = ds.map_batches(
+            TeacherUDF, batch_size=batch_size, batch_format="pandas", num_cpus=0.25,
+            # A fractional CPU: Ray Data stalls when its actors hold every CPU, and these mostly wait on I/O.
+            compute=ray.data.ActorPoolStrategy(size=replicas),
+            fn_constructor_kwargs={"cfg": cfg.model_dump(mode="json"), "base_url": base_url,
+                                   "ledger_path": str(Path(ledger_path).resolve()), "answer_type": answer_type,
+                                   "share": replicas})
+        rows = ds.to_pandas()
+        rows = rows.sort_values(["order", "sample"], kind="stable").drop(columns=["order"]).reset_index(drop=True)
+    rows = rows.astype({"sample": "int64", "accepted": "bool", "cached": "bool", "attempt": "int64",
+                        "http_requests": "int64", "tokens": "int64", "cost_usd": "float64"})
+    errors = rows["error"].dropna()
+    budget = next((e for e in errors if str(e).startswith("teacher budget reached")), None)
+    obtained = rows["text"].notna()
+    result = TeacherResult(
+        rows=rows, questions=len(requests), requests_sent=int(rows["http_requests"].sum()),
+        ledger_hits=int(rows["cached"].sum()), accepted=int(rows["accepted"].sum()),
+        rejected=int((obtained & ~rows["accepted"]).sum()), failed=int((~obtained).sum()),
+        tokens=int(rows["tokens"].sum()), cost_usd=float(rows["cost_usd"].sum()),
+        wall_s=time.monotonic() - start, budget_message=budget)
+    out_file = _out_file(out_path)
+    if out_file is not None:
+        out_file.parent.mkdir(parents=True, exist_ok=True)
+        rows.to_parquet(out_file, index=False)
+        result.out_path = str(out_file)
+    if budget:
+        log.warning("%s", budget)
+    log.info("teacher: %d questions, %d accepted, %d rejected, %d failed; %d requests sent, %d ledger hits",
+             result.questions, result.accepted, result.rejected, result.failed, result.requests_sent,
+             result.ledger_hits)
+    return result
