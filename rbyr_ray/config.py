@@ -8,12 +8,14 @@ variable* that holds its API key (`teacher.api_key_env`).
 
 from __future__ import annotations
 
+import difflib
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class ConfigError(ValueError):
@@ -40,7 +42,7 @@ class ArithConfig(_Section):
     templates: dict[str, list[str]] | None = None
 
     @model_validator(mode="after")
-    def _steps_ordered(self) -> "ArithConfig":
+    def _steps_ordered(self) -> ArithConfig:
         if self.min_steps > self.max_steps:
             raise ValueError(f"min_steps ({self.min_steps}) > max_steps ({self.max_steps})")
         if self.min_number > self.max_number:
@@ -102,6 +104,14 @@ class TeacherConfig(_Section):
     rate_limit_rate: float = Field(0.0, ge=0, le=1)
     wrong_rate: float = Field(0.0, ge=0, le=1)
     garbage_rate: float = Field(0.0, ge=0, le=1)
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _env_name_only(cls, value: str | None) -> str | None:
+        # A pasted key ("sk-...") would end up in run folders and logs; only a variable's name is accepted.
+        if value is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
+            raise ValueError("must be the name of an environment variable holding the key, not the key itself")
+        return value
 
 
 class ExamConfig(_Section):
@@ -257,11 +267,30 @@ def _yaml_lines(text: str) -> dict[tuple[str, ...], int]:
     return lines
 
 
-def _expected(err: dict) -> str:
-    kind, msg = err.get("type", ""), err.get("msg", "")
-    if kind == "extra_forbidden":
-        return "unknown key"
-    return msg
+def _section_and_field(path: tuple[str, ...]) -> tuple[type[BaseModel] | None, str]:
+    """The model class that holds the last key of `path`, and that key (None when the path leaves the schema)."""
+    model: type[BaseModel] | None = ExperimentConfig
+    for part in path[:-1]:
+        field = model.model_fields.get(part) if model else None
+        annotation = field.annotation if field else None
+        model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+    return model, path[-1] if path else ""
+
+
+def _type_name(annotation: Any) -> str:
+    return annotation.__name__ if isinstance(annotation, type) else str(annotation).replace("typing.", "")
+
+
+def _expected(err: dict, path: tuple[str, ...]) -> str:
+    model, key = _section_and_field(path)
+    if err.get("type") == "extra_forbidden":
+        valid = sorted(model.model_fields) if model else []
+        close = difflib.get_close_matches(key, valid, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        return f"unknown key{hint} (valid keys here: {', '.join(valid)})"
+    field = model.model_fields.get(key) if model else None
+    expected = f"expected {_type_name(field.annotation)}: " if field is not None else ""
+    return expected + err.get("msg", "")
 
 
 def validate_config(data: dict, source: str = "<config>", lines: dict | None = None,
@@ -271,17 +300,20 @@ def validate_config(data: dict, source: str = "<config>", lines: dict | None = N
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
-            path = tuple(str(p) for p in err["loc"])
+            # Validators of a whole section report at the section; literal/union members add loc parts.
+            path = tuple(str(p) for p in err["loc"] if isinstance(p, str))
             key = ".".join(path) or "<root>"
             where = source
             line = (lines or {}).get(path)
             if line is not None:
                 where = f"{source}:{line}"
-            if any(o.split("=", 1)[0].strip() == key for o in overrides):
-                where = f"override {key}"
+            # The override that set this key, or one below it ("rounds.x=1" makes `rounds` a mapping).
+            override = next((o for o in overrides if (o.split("=", 1)[0].strip() + ".").startswith(key + ".")), None)
+            if override is not None:
+                where = f"override {override!r}"
             got = err.get("input")
             got_text = "" if isinstance(got, dict) else f" (got {got!r})"
-            problems.append(f"{where}: {key}: {_expected(err)}{got_text}")
+            problems.append(f"{where}: {key}: {_expected(err, path)}{got_text}")
         raise ConfigError("invalid config:\n  " + "\n  ".join(problems)) from None
 
 

@@ -32,19 +32,26 @@ TASKS: dict[str, TaskSpec] = {
     "gsm8k": TaskSpec("gsm8k", "numeric", 256, "grade-school math, 7473 train / 1319 test"),
     "svamp": TaskSpec("svamp", "numeric", 192, "SVAMP, reasoning-teacher split 700 / 300"),
     "multiarith": TaskSpec("multiarith", "numeric", 192, "MultiArith, reasoning-teacher split 420 / 180"),
-    "asdiv": TaskSpec("asdiv", "numeric", 192, "ASDiv, folds 0-3 train / fold 4 test (see docs/data.md)"),
+    "asdiv": TaskSpec("asdiv", "numeric", 192, "ASDiv, numeric answers, folds 0-3 train / fold 4 test (docs/data.md)"),
     "csqa": TaskSpec("csqa", "choice", 96, "CommonsenseQA, 9741 train / 1221 dev as test"),
     "strategyqa": TaskSpec("strategyqa", "yesno", 128, "StrategyQA, reasoning-teacher split 1603 / 687"),
 }
 
 
 def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
-    """The benchmark folder: the argument, else $RBYR_DATA_DIR, else ../shared/data beside the checkout."""
-    candidates = [data_dir, os.environ.get("RBYR_DATA_DIR"),
-                  Path.cwd().parent / "shared" / "data", Path(__file__).resolve().parents[3] / "shared" / "data"]
-    for candidate in candidates:
-        if candidate and Path(candidate).is_dir():
-            return Path(candidate)
+    """The benchmark folder: the argument, else $RBYR_DATA_DIR, else ../shared/data beside the checkout.
+
+    A folder named explicitly (argument or variable) must exist: falling back to another one would
+    silently load different data than the one asked for.
+    """
+    explicit = data_dir or os.environ.get("RBYR_DATA_DIR")
+    if explicit:
+        if not Path(explicit).is_dir():
+            raise FileNotFoundError(f"benchmark data folder {explicit} does not exist")
+        return Path(explicit)
+    for candidate in (Path.cwd().parent / "shared" / "data", Path(__file__).resolve().parents[3] / "shared" / "data"):
+        if candidate.is_dir():
+            return candidate
     raise FileNotFoundError(
         "benchmark data not found: pass task.data_dir=DIR (or --data-dir) or set RBYR_DATA_DIR "
         "to the folder holding gsm8k/, svamp/, multiarith/, asdiv/, csqa/, strategyqa/")
@@ -71,7 +78,7 @@ def load_task(cfg: TaskConfig, seed: int = 0) -> TaskData:
     if cfg.val_fraction > 0:
         order = list(range(len(train)))
         random.Random(seed).shuffle(order)
-        n_val = max(1, int(round(cfg.val_fraction * len(train))))
+        n_val = max(1, round(cfg.val_fraction * len(train)))
         val_idx = set(order[:n_val])
         val = [r for i, r in enumerate(train) if i in val_idx]
         train = [r for i, r in enumerate(train) if i not in val_idx]
@@ -92,4 +99,4 @@ def gold_rationale(task: str, record: Record) -> str | None:
     return benchmark_rationale(task, record)
 
 
-__all__ = ["TASKS", "TaskSpec", "Record", "TaskData", "load_task", "resolve_data_dir", "gold_rationale"]
+__all__ = ["TASKS", "Record", "TaskData", "TaskSpec", "gold_rationale", "load_task", "resolve_data_dir"]

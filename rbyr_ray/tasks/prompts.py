@@ -60,8 +60,16 @@ ANSWER_FORMS = {
     "choice": "the letter of the correct choice, (a) to (e)",
 }
 
-# Hand-written demonstrations (one per answer type family); short, in the student's compact style.
+# Hand-written demonstrations, keyed by task name or, as the fallback, by answer type; short, in the
+# student's compact style, so that accepted teacher rationales look like what the student should write.
 FEW_SHOT: dict[str, list[tuple[str, tuple[str, ...], str, str]]] = {
+    "arith": [
+        (("Mia has 12 marbles. She buys 7 more marbles. She gives away 3 marbles. "
+         "How many marbles does Mia have now?"), (), "12 + 7 = 19. 19 - 3 = 16.", "16"),
+        (("Omar starts with 8 coins. Then he gets 3 times as many coins as he had. "
+         "He splits the coins into 4 equal groups and keeps one group. How many coins does Omar have now?"), (),
+         "8 * 3 = 24. 24 / 4 = 6.", "6"),
+    ],
     "numeric": [
         ("A baker makes 24 rolls and sells 3 bags of 5 rolls. How many rolls are left?", (),
          "The baker sells 3 * 5 = 15 rolls. 24 - 15 = 9 rolls are left.", "9"),
@@ -72,8 +80,8 @@ FEW_SHOT: dict[str, list[tuple[str, tuple[str, ...], str, str]]] = {
         ("Could a cat fit inside a shoebox?", (),
          "A shoebox is about 30 cm long. A small cat curled up is about 30 cm long. So a cat could fit.", "yes"),
         ("Is the Pacific Ocean smaller than Lake Superior?", (),
-         "The Pacific Ocean covers about 165 million square km. Lake Superior covers about 82,000 square km. "
-         "So the Pacific is far larger.", "no"),
+         ("The Pacific Ocean covers about 165 million square km. Lake Superior covers about 82,000 square km. "
+          "So the Pacific is far larger."), "no"),
     ],
     "choice": [
         ("Where would you keep milk cold?", ("oven", "refrigerator", "cupboard", "garden", "car"),
@@ -84,16 +92,26 @@ FEW_SHOT: dict[str, list[tuple[str, tuple[str, ...], str, str]]] = {
 }
 
 
+def _answer_text(record: Record) -> str:
+    """The gold answer as a hint: a choice letter alone means little, so its text comes with it."""
+    letter = record.answer.strip().lower()
+    if record.choices and letter in "abcde"[: len(record.choices)]:
+        return f"({letter}) {record.choices['abcde'.index(letter)]}"
+    return record.answer
+
+
 def _answer_type(record: Record, answer_type: str | None) -> str:
     return answer_type or ("choice" if record.choices else "numeric")
 
 
-def teacher_cot_messages(record: Record, answer_type: str | None = None, few_shot: bool = True) -> list[dict]:
-    """Round 1: a few-shot chain-of-thought prompt for the whole training set."""
+def teacher_cot_messages(record: Record, answer_type: str | None = None, few_shot: bool = True,
+                         task: str | None = None) -> list[dict]:
+    """Round 1: a few-shot chain-of-thought prompt for the whole training set (the task's demonstrations
+    when it has its own, else its answer type's)."""
     kind = _answer_type(record, answer_type)
     messages = [{"role": "system", "content": TEACHER_SYSTEM.format(answer_form=ANSWER_FORMS[kind])}]
     if few_shot:
-        for question, choices, rationale, answer in FEW_SHOT[kind]:
+        for question, choices, rationale, answer in FEW_SHOT.get(task or kind, FEW_SHOT[kind]):
             demo = Record(id="demo", question=question, answer=answer, choices=choices)
             messages.append({"role": "user", "content": question_block(demo).strip()})
             messages.append({"role": "assistant", "content": student_target(rationale, answer)})
@@ -105,7 +123,7 @@ def teacher_feedback_messages(record: Record, wrong_rationale: str, answer_type:
                               use_hint: bool = True) -> list[dict]:
     """Rounds >= 2: show the student's wrong rationale and (with the hint) the correct answer."""
     kind = _answer_type(record, answer_type)
-    hint = f"Hint: the correct answer is {record.answer}.\n" if use_hint else ""
+    hint = f"Hint: the correct answer is {_answer_text(record)}.\n" if use_hint else ""
     content = (
         question_block(record)
         + f"Student's solution: {fold_rationale(wrong_rationale)}\n"

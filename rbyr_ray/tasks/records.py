@@ -13,7 +13,8 @@ AnswerType = Literal["numeric", "yesno", "choice"]
 class Record:
     """A question with its gold answer.
 
-    `answer` is normalised per answer type: a number as text ("18", "-2.5", "3/4") for numeric tasks,
+    `answer` is normalised per answer type: a number as text ("18", "-2.5", "1/3" only when no finite
+    decimal is exact; see grading.format_number) for numeric tasks,
     "yes"/"no" for yes/no tasks, a letter "a".."e" for multiple choice. `solution` is the dataset's own
     worked solution when it has one (GSM8K steps, an equation, StrategyQA facts), raw.
     """
@@ -37,7 +38,7 @@ class Record:
         }
 
     @classmethod
-    def from_row(cls, row: dict) -> "Record":
+    def from_row(cls, row: dict) -> Record:
         tags = row.get("tags") or "{}"
         return cls(
             id=str(row["id"]),

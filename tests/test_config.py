@@ -1,0 +1,131 @@
+"""ExperimentConfig: METHOD.md defaults, YAML + dotted overrides, errors that name key, file, line and type."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import yaml
+from pydantic import BaseModel
+
+from rbyr_ray.config import ConfigError, ExperimentConfig, load_config
+
+
+def test_defaults_are_method_md():
+    cfg = load_config()
+    assert (cfg.exam.samples, cfg.exam.temperature, cfg.exam.top_k) == (4, 1.0, 50)
+    assert cfg.train.reflection.weight == 0.5
+    assert cfg.train.reflection.margin == 1.0
+    assert cfg.train.reflection.pooling == "last"
+    assert cfg.train.w_prefix == 0.1
+    assert (cfg.train.reflection.max_positives, cfg.train.reflection.max_negatives) == (10, 4)
+    assert cfg.train.reflection.max_rationale_tokens == 192
+    assert cfg.rounds == 3
+    assert cfg.teacher.samples >= 2  # a second accepted rationale is the reflection positive
+    assert cfg.teacher.use_hint is True
+    assert cfg == ExperimentConfig()
+
+
+def _yaml(tmp_path, text: str):
+    path = tmp_path / "cfg.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_yaml_and_overrides(tmp_path):
+    path = _yaml(tmp_path, "name: demo\nrounds: 2\ntask:\n  name: svamp\ntrain:\n  lr: 1.0e-4\n")
+    cfg = load_config(path, ["train.reflection.weight=0.3", "rounds=4", "train.lora.target_modules=[q_proj,v_proj]",
+                             "task.data_dir=/data", "exam.max_new_tokens=null"])
+    assert (cfg.name, cfg.rounds, cfg.task.name, cfg.train.lr) == ("demo", 4, "svamp", 1e-4)
+    assert cfg.train.reflection.weight == 0.3
+    assert cfg.train.lora.target_modules == ["q_proj", "v_proj"]
+    assert cfg.task.data_dir == "/data" and cfg.exam.max_new_tokens is None
+    assert cfg.exam.samples == 4  # untouched keys keep their defaults
+
+
+def test_dumped_config_loads_back(tmp_path):
+    cfg = load_config(None, ["rounds=5", "train.reflection.weight=0.0", "tracking.tags=[a,b]"])
+    again = load_config(_yaml(tmp_path, cfg.to_yaml()))
+    assert again == cfg
+
+
+def test_unknown_key_names_key_file_and_line(tmp_path):
+    path = _yaml(tmp_path, "name: x\ntrain:\n  lr: 0.001\n  lamda: 0.3\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    message = str(err.value)
+    assert f"{path}:4" in message and "train.lamda" in message and "unknown key" in message
+
+
+def test_unknown_override_key_suggests_the_near_one():
+    with pytest.raises(ConfigError, match=r"override 'train\.reflection\.wieght=0\.3'.*did you mean 'weight'"):
+        load_config(None, ["train.reflection.wieght=0.3"])
+
+
+def test_wrong_type_names_key_and_expected_type(tmp_path):
+    path = _yaml(tmp_path, "rounds: 3\ntrain:\n  reflection:\n    weight: heavy\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert re.search(rf"{re.escape(str(path))}:4: train\.reflection\.weight: expected float", str(err.value))
+    with pytest.raises(ConfigError, match=r"exam\.samples: expected int"):
+        load_config(None, ["exam.samples=2.5"])
+    with pytest.raises(ConfigError, match=r"task\.name: expected Literal\[.*'gsm8k'"):
+        load_config(None, ["task.name=imagenet"])
+    with pytest.raises(ConfigError, match=r"train\.reflection: expected ReflectionConfig"):
+        load_config(None, ["train.reflection=3"])
+
+
+def test_every_problem_is_reported_at_once(tmp_path):
+    path = _yaml(tmp_path, "rounds: many\nbogus: 1\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert f"{path}:1: rounds" in str(err.value) and f"{path}:2: bogus" in str(err.value)
+
+
+def test_value_constraints_are_checked():
+    with pytest.raises(ConfigError, match="rounds"):
+        load_config(None, ["rounds=0"])
+    with pytest.raises(ConfigError, match="min_steps"):
+        load_config(None, ["task.arith.min_steps=4", "task.arith.max_steps=2"])
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("- a\n- b\n", "top level must be a mapping"),
+    ("a: [unclosed\n", "not valid YAML"),
+])
+def test_bad_files(tmp_path, text, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(_yaml(tmp_path, text))
+
+
+def test_missing_file_and_bad_override(tmp_path):
+    with pytest.raises(ConfigError, match="no such config file"):
+        load_config(tmp_path / "missing.yaml")
+    with pytest.raises(ConfigError, match="expected key=value"):
+        load_config(None, ["rounds"])
+    with pytest.raises(ConfigError, match="is not a section"):
+        load_config(None, ["rounds=2", "rounds.x=1"])
+    with pytest.raises(ConfigError, match=r"override 'rounds\.x=1': rounds: expected int"):
+        load_config(None, ["rounds.x=1"])
+
+
+def _field_names(model: type[BaseModel], prefix: str = "") -> list[str]:
+    names = []
+    for name, field in model.model_fields.items():
+        names.append(prefix + name)
+        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            names += _field_names(field.annotation, f"{prefix}{name}.")
+    return names
+
+
+def test_api_key_is_only_ever_an_environment_variable_name(monkeypatch):
+    secret_fields = [n for n in _field_names(ExperimentConfig) if re.search(r"key|secret|token$|password", n)]
+    assert secret_fields == ["teacher.api_key_env"]
+    with pytest.raises(ConfigError, match=r"teacher\.api_key: unknown key"):
+        load_config(None, ["teacher.api_key=sk-live-123"])
+    with pytest.raises(ConfigError, match="name of an environment variable"):
+        load_config(None, ["teacher.api_key_env=sk-live-123"])
+    monkeypatch.setenv("MY_TEACHER_KEY", "sk-live-123")
+    cfg = load_config(None, ["teacher.api_key_env=MY_TEACHER_KEY"])
+    dumped = cfg.to_yaml()
+    assert "sk-live-123" not in dumped and yaml.safe_load(dumped)["teacher"]["api_key_env"] == "MY_TEACHER_KEY"
