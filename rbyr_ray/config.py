@@ -317,23 +317,48 @@ def validate_config(data: dict, source: str = "<config>", lines: dict | None = N
         raise ConfigError("invalid config:\n  " + "\n  ".join(problems)) from None
 
 
+def deep_merge(base: dict, override: dict) -> dict:
+    """`override` on top of `base`, section by section."""
+    out = dict(base)
+    for key, value in override.items():
+        out[key] = deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def read_yaml_config(path: str | os.PathLike, _seen: tuple[Path, ...] = ()) -> tuple[dict, dict]:
+    """(data, key lines) of a config file; a top-level `base: other.yaml` (relative to the file) is loaded first."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{path}: no such config file")
+    if p.resolve() in _seen:
+        raise ConfigError(f"{path}: `base` includes form a cycle")
+    text = p.read_text()
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    lines = _yaml_lines(text)
+    base = data.pop("base", None)
+    if base is not None:
+        if not isinstance(base, str):
+            raise ConfigError(f"{path}: base: expected the path of another config file")
+        base_data, _ = read_yaml_config(p.parent / base, _seen + (p.resolve(),))
+        data = deep_merge(base_data, data)
+    return data, lines
+
+
 def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
-    """Load a YAML experiment config (or the defaults when path is None) and apply dotted overrides."""
+    """Load a YAML experiment config (or the defaults when path is None) and apply dotted overrides.
+
+    A config may start from another one with `base: other.yaml` and change only what differs.
+    """
     data: dict = {}
     lines: dict = {}
     source = "<defaults>"
     if path is not None:
         source = str(path)
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"{source}: no such config file")
-        text = p.read_text()
-        try:
-            data = yaml.safe_load(text) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{source}: not valid YAML: {exc}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{source}: the top level must be a mapping of sections")
-        lines = _yaml_lines(text)
+        data, lines = read_yaml_config(path)
     data = apply_overrides(data, list(overrides))
     return validate_config(data, source, lines, tuple(overrides))
