@@ -35,6 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--wrong-rate", type=float, default=0.0, help="fraction of choices with a wrong answer")
     s.add_argument("--garbage-rate", type=float, default=0.0, help="fraction of choices that are unparseable")
     s.add_argument("--seed", type=int, default=None)
+    s.add_argument("--ignore-n", action="store_true", help="answer one choice whatever n asks (as some servers do)")
     key = s.add_mutually_exclusive_group()
     key.add_argument("--api-key", default=None, help="require this bearer token")
     key.add_argument("--api-key-env", default=None, help="require the bearer token held in this variable")
@@ -85,7 +86,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             raise ValueError(f"--api-key-env {args.api_key_env}: the variable is not set")
     backend = build_backend(args.backend, task_cfg)
     faults = Faults(args.latency_ms, args.error_rate, args.rate_limit_rate, args.wrong_rate, args.garbage_rate)
-    app = make_app(backend, model=args.model, faults=faults, api_key=api_key, seed=args.seed)
+    app = make_app(backend, model=args.model, faults=faults, api_key=api_key, seed=args.seed,
+                   ignore_n=args.ignore_n)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("binding %s: the teacher server is reachable beyond this machine", args.host)
 

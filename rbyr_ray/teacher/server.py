@@ -71,8 +71,9 @@ def count_tokens(text: str) -> int:
 
 
 def make_app(backend: Backend, *, model: str = "rbyr-local-teacher", faults: Faults | None = None,
-             api_key: str | None = None, seed: int | None = None) -> web.Application:
-    """The aiohttp application; `seed` makes fault injection and wording reproducible."""
+             api_key: str | None = None, seed: int | None = None, ignore_n: bool = False) -> web.Application:
+    """The aiohttp application; `seed` makes fault injection and wording reproducible; `ignore_n` answers
+    one choice whatever n asks for, like servers that do not implement n."""
     faults = faults or Faults()
     rng = random.Random(seed)
     stats = ServerStats()
@@ -104,6 +105,8 @@ def make_app(backend: Backend, *, model: str = "rbyr-local-teacher", faults: Fau
             n = int(body.get("n") or 1)
             if not isinstance(messages, list) or not 1 <= n <= 128:
                 raise ValueError("messages must be a list and 1 <= n <= 128")
+            if ignore_n:
+                n = 1
         except (ValueError, KeyError, TypeError, json.JSONDecodeError) as exc:
             return error(400, f"bad request: {exc}", "invalid_request_error")
         if faults.latency_ms > 0:
@@ -199,7 +202,8 @@ class LocalTeacherServer:
 
     def __init__(self, backend: str = "solver", task_cfg: TaskConfig | None = None,
                  teacher_cfg: TeacherConfig | None = None, *, host: str = "127.0.0.1", api_key: str | None = None,
-                 seed: int | None = None, startup_timeout_s: float = 60.0, log_path: str | os.PathLike | None = None):
+                 seed: int | None = None, startup_timeout_s: float = 60.0, log_path: str | os.PathLike | None = None,
+                 extra_args: list[str] | None = None):
         self.backend = backend
         self.task_cfg = task_cfg or TaskConfig()
         self.teacher_cfg = teacher_cfg or TeacherConfig()
@@ -208,6 +212,7 @@ class LocalTeacherServer:
         self.seed = seed
         self.startup_timeout_s = startup_timeout_s
         self.log_path = log_path
+        self.extra_args = list(extra_args or [])  # more `teacher serve` flags, e.g. ["--ignore-n"]
         self.base_url: str | None = None
         self._proc: subprocess.Popen | None = None
         self._log = None
@@ -222,7 +227,7 @@ class LocalTeacherServer:
                "--garbage-rate", str(f.garbage_rate)]
         if self.seed is not None:
             cmd += ["--seed", str(self.seed)]
-        return cmd
+        return cmd + self.extra_args
 
     def start(self) -> str:
         import yaml
