@@ -14,6 +14,11 @@ import torch.nn.functional as F
 IGNORE = -100  # label of padding positions
 
 
+def _at_least_fp32(x: torch.Tensor) -> torch.Tensor:
+    """bf16/fp16 activations are upcast for the loss; float64 (the tests) stays float64."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 def weighted_lm_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """Token-weighted causal-LM cross-entropy.
 
@@ -23,7 +28,7 @@ def weighted_lm_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.
     """
     logits, labels, weights = logits[:, :-1], labels[:, 1:], weights[:, 1:]
     mask = labels != IGNORE
-    ce = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), labels.reshape(-1).clamp(min=0),
+    ce = F.cross_entropy(_at_least_fp32(logits.reshape(-1, logits.size(-1))), labels.reshape(-1).clamp(min=0),
                          reduction="none").view_as(labels)
     return (ce * weights.to(ce.dtype) * mask).sum() / mask.sum().clamp(min=1)
 
@@ -36,8 +41,9 @@ def reflection_loss(anchor: torch.Tensor, positive: torch.Tensor, negative: torc
     Returns the mean over valid items of max(0, margin - cos(a,p) + cos(a,n)); 0 (still attached to the
     graph, never NaN) when no item is valid.
     """
-    cos_ap = F.cosine_similarity(anchor.float(), positive.float(), dim=-1)
-    cos_an = F.cosine_similarity(anchor.float(), negative.float(), dim=-1)
+    anchor, positive, negative = _at_least_fp32(anchor), _at_least_fp32(positive), _at_least_fp32(negative)
+    cos_ap = F.cosine_similarity(anchor, positive, dim=-1)
+    cos_an = F.cosine_similarity(anchor, negative, dim=-1)
     per_item = torch.clamp(margin - cos_ap + cos_an, min=0.0)
     per_item = torch.where(valid, per_item, torch.zeros_like(per_item))
     return per_item.sum() / valid.sum().clamp(min=1)
