@@ -1,0 +1,142 @@
+"""The teacher stage as a Ray Data pipeline against a faulty local server: nothing lost, nothing sent twice,
+a rerun sends nothing, a killed run resumes with only the missing requests."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+
+from rbyr_ray.config import TaskConfig, TeacherConfig
+from rbyr_ray.tasks import load_task
+from rbyr_ray.teacher.ledger import Ledger
+from rbyr_ray.teacher.server import LocalTeacherServer
+from rbyr_ray.teacher.stage import annotate
+
+pytestmark = pytest.mark.slow
+TASK = TaskConfig(arith={"n_train": 60, "n_test": 10})
+RECORDS = load_task(TASK).train
+FAST_RETRY = {"retry_backoff_s": 0.01, "retry_backoff_max_s": 0.05}
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    import ray
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    from ray.data import DataContext
+
+    DataContext.get_current().enable_progress_bars = False
+    yield ray
+    if started:
+        ray.shutdown()
+
+
+def test_faulty_server_nothing_lost_nothing_duplicated_and_rerun_is_free(ray_cluster, tmp_path):
+    faults = TeacherConfig(error_rate=0.2, rate_limit_rate=0.2, garbage_rate=0.1, latency_ms=5)
+    # 40% of requests fail: 8 retries make a final failure rare (0.4**9 per request), not impossible.
+    cfg = TeacherConfig(samples=2, concurrency=8, max_retries=8, reask=1, **FAST_RETRY)
+    records = RECORDS[:40]
+    ledger_path = tmp_path / "ledger.sqlite"
+    with LocalTeacherServer("solver", TASK, faults, seed=11) as url:
+        server = _server_handle(url)
+        result = annotate(records, cfg, answer_type="numeric", base_url=url, ledger_path=ledger_path,
+                          out_path=tmp_path / "round1")
+        rows = pd.read_parquet(tmp_path / "round1" / "teacher.parquet")
+        assert set(rows.columns) >= {"id", "sample", "rationale", "predicted", "accepted", "error", "cached", "kind"}
+        assert len(rows) == len(result.rows) and result.questions == 40
+        # Every question ends with accepted rationales or a recorded final failure: none is lost.
+        for record in records:
+            mine = rows[rows["id"] == record.id]
+            assert mine["accepted"].any() or mine["error"].notna().any(), record.id
+        assert (rows["accepted"] & (rows["predicted"] != rows["id"].map({r.id: r.answer for r in records}))).sum() == 0
+        garbage = rows[rows["text"].notna() & rows["predicted"].isna()]
+        assert len(garbage) > 0 and not garbage["accepted"].any()  # the quality gate rejected the noise
+        assert result.accepted + result.rejected + result.failed == len(rows)
+        assert result.accepted >= 60 and result.requests_sent > 40  # retries happened
+        # No request is duplicated: one ledger sample per (request, index), and the server answered each once.
+        with Ledger(ledger_path) as ledger:
+            counts = ledger.counts()
+            assert ledger.duplicate_calls() == 0 and counts["claims"] == 0
+        stats = server()
+        assert stats["choices"] == counts["samples"] == result.accepted + result.rejected
+        assert stats["requests"] == result.requests_sent  # every POST counted by both sides
+
+        again = annotate(records, cfg, answer_type="numeric", base_url=url, ledger_path=ledger_path,
+                         out_path=tmp_path / "rerun.parquet")
+        assert server()["requests"] == stats["requests"] + again.requests_sent
+        failed_before = set(rows.loc[rows["error"].notna(), "id"])
+        if not failed_before:
+            assert again.requests_sent == 0 and again.ledger_hits == counts["samples"]  # 0 HTTP requests
+        else:  # a final failure is not paid work: the rerun asks again for those questions, and only those
+            sent_for = set(again.rows.loc[again.rows["http_requests"] > 0, "id"])
+            assert sent_for <= failed_before
+        assert again.accepted >= result.accepted
+
+
+def test_killed_run_resumes_with_only_the_missing_requests(ray_cluster, tmp_path):
+    """`rbyr-ray teacher annotate` is killed (SIGKILL) mid-stage; the rerun sends only what is missing."""
+    n_questions = 30
+    slow = TeacherConfig(latency_ms=150)
+    ledger_path = tmp_path / "ledger.sqlite"
+    with LocalTeacherServer("solver", TASK, slow, seed=5) as url:
+        server = _server_handle(url)
+        cmd = [sys.executable, "-m", "rbyr_ray.cli", "teacher", "annotate", "--task", "arith", "--limit",
+               str(n_questions), "--samples", "2", "--base-url", url, "--ledger", str(ledger_path), "--json",
+               "teacher.concurrency=2", "task.arith.n_train=60", "task.arith.n_test=10"]
+        # Join this test's Ray cluster: the killed driver's actors die with it, and no second cluster starts.
+        env = {**os.environ, "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address}
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                start_new_session=True)
+        deadline = time.monotonic() + 120
+        done = 0
+        while time.monotonic() < deadline and proc.poll() is None:
+            if ledger_path.exists():
+                with Ledger(ledger_path) as ledger:
+                    done = ledger.counts()["calls"]
+                if done >= 4:
+                    break
+            time.sleep(0.1)
+        assert proc.poll() is None, "the annotate run finished before it could be killed"
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        with Ledger(ledger_path) as ledger:  # Ray reaps the dead driver's actors: wait until nothing lands
+            done, previous = ledger.counts()["calls"], -1
+            while done != previous:
+                time.sleep(0.6)
+                previous, done = done, ledger.counts()["calls"]
+        assert 4 <= done < n_questions
+        served_before = server()["completions"]
+
+        # The rerun is the same command run to the end; its --json summary is the last line of stdout.
+        out = subprocess.run(cmd + ["--out", str(tmp_path / "teacher.parquet")], env=env, capture_output=True,
+                             text=True, timeout=180, check=True)
+        summary = json.loads(out.stdout.strip().splitlines()[-1])
+        assert summary["questions"] == n_questions and summary["failed"] == summary["rejected"] == 0
+        assert summary["requests_sent"] == n_questions - done  # only the missing ones
+        assert summary["ledger_hits"] == 2 * done and summary["accepted"] == 2 * n_questions
+        assert server()["completions"] - served_before == n_questions - done
+        assert len(pd.read_parquet(tmp_path / "teacher.parquet")) == 2 * n_questions
+        with Ledger(ledger_path) as ledger:
+            assert ledger.counts()["calls"] == n_questions and ledger.duplicate_calls() == 0
+        # At most the requests in flight at the kill were paid for and lost.
+        assert server()["completions"] - n_questions <= 2
+
+
+def _server_handle(url: str):
+    import urllib.request
+
+    def stats() -> dict:
+        with urllib.request.urlopen(url[: -len("/v1")] + "/stats", timeout=5) as resp:
+            return json.loads(resp.read())
+
+    return stats
