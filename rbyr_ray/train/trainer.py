@@ -1,0 +1,335 @@
+"""One round of student training on Ray Train: L = L_lm + lambda * L_ref (METHOD.md), LoRA or full, many workers.
+
+    result = train_round(round_dir / "train_data.parquet", init_model=prev_model_dir, out_dir=round_dir / "train",
+                         cfg=cfg, seed=cfg.seed)
+    result.model_dir   # merged HF folder (safetensors + tokenizer): what the exam engines and the next round load
+
+Layout: `train_round` (the driver) starts a TorchTrainer whose workers run `train_loop`; each worker builds the
+model (a fresh LoRA on top of `init_model`, or all weights trainable), wraps the objective in DDP (FSDP on
+request), and steps through the same global batch plan, taking its 1/world slice of every batch. Rank 0 writes
+checkpoints (trainable weights, optimizer, scheduler, step, loss sums) through `ray.train.report`; a restarted
+worker group resumes from `ray.train.get_checkpoint()`. The driver turns the final checkpoint into a merged folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from ..config import ExperimentConfig, TrainConfig
+from ..ray_utils import init_ray
+from .data import collate, question_batches
+from .objective import ReflectionObjective
+
+log = logging.getLogger(__name__)
+
+# Tests only: the path of a flag file. While it exists, the last worker deletes it and dies one step after the
+# first checkpoint, so FailureConfig must restart the group and training must resume from that checkpoint.
+CRASH_ENV = "RBYR_TRAIN_CRASH_ONCE"
+STATE_FILE = "state.pt"
+
+
+@dataclass
+class TrainResult:
+    """lm_loss / reflection_loss: means over the micro-batches of the last epoch, averaged over workers."""
+
+    model_dir: str
+    lm_loss: float
+    reflection_loss: float
+    steps: int  # optimizer steps
+    tokens: int  # non-pad tokens through a forward (anchors, plus positives/negatives when lambda > 0)
+    wall_s: float
+    epoch_lm_loss: list[float] = field(default_factory=list)  # the mean L_lm of every epoch, in order
+    resumed_from_step: int = 0  # > 0 when a restarted worker group resumed from a checkpoint
+    replica_max_diff: float = 0.0  # max |w_rank_i - w_rank_j| over trainable weights at the end (DDP: 0)
+    train_s: float = 0.0  # seconds inside training steps (no startup, checkpoints, export): tokens / train_s
+
+
+# ------------------------------------------------------------------------------------------------ the plan
+
+
+def plan_batches(ids: list[str], cfg: TrainConfig, world: int, seed: int) -> list[tuple[int, list[int]]]:
+    """(epoch, item indices) of every global batch of the run; the same on every worker and after a restart.
+
+    `epochs` may be fractional. A batch smaller than the number of workers is dropped (every worker needs
+    an item), and the plan is cut to a whole number of optimizer steps (grad_accum batches each).
+    """
+    def epoch_batches(epoch: int) -> list[list[int]]:
+        return [b for b in question_batches(ids, cfg.batch_size, seed + epoch) if len(b) >= world]
+
+    per_epoch = len(epoch_batches(0))
+    total = max(cfg.grad_accum, round(cfg.epochs * per_epoch)) // cfg.grad_accum * cfg.grad_accum
+    plan = [(epoch, batch) for epoch in range(math.ceil(cfg.epochs) + 1) for batch in epoch_batches(epoch)]
+    return plan[:total]
+
+
+def lr_factor(step: int, warmup: int, total: int, schedule: str) -> float:
+    """Linear warmup over `warmup` steps, then constant (METHOD.md default) or linear decay to 0."""
+    if step < warmup:
+        return (step + 1) / (warmup + 1)
+    if schedule == "linear":
+        return max(0.0, (total - step) / max(1, total - warmup))
+    return 1.0
+
+
+# ------------------------------------------------------------------------------------------------ the model
+
+
+def build_model(init_model: str, cfg: TrainConfig) -> torch.nn.Module:
+    """float32 master weights (autocast does the bf16 compute); a fresh LoRA on top, or every weight trainable."""
+    from ..student.models import load_model
+
+    model = load_model(init_model, dtype="float32")
+    if not cfg.lora.enabled:
+        return model
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import get_peft_model
+
+    lora = PeftLoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
+                          target_modules=list(cfg.lora.target_modules), task_type="CAUSAL_LM")
+    return get_peft_model(model, lora)
+
+
+def autocast_dtype(device: torch.device, want_bf16: bool) -> torch.dtype | None:
+    """bf16 where the hardware computes it natively; elsewhere bf16 matmuls are emulated and far slower."""
+    if not want_bf16:
+        return None
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else None
+
+
+def wrap(objective: torch.nn.Module, cfg: TrainConfig, device: torch.device, world: int) -> torch.nn.Module:
+    """DDP (gloo on CPU, NCCL on GPU) or FSDP (full fine-tuning only); the objective's forward holds both passes."""
+    if cfg.fsdp:
+        from torch.distributed.fsdp import FullyShardedDataParallel
+        from torch.distributed.fsdp.wrap import transformer_auto_wrap_policy
+
+        layers = {type(layer) for layer in objective.model.get_decoder().layers}
+        policy = functools.partial(transformer_auto_wrap_policy, transformer_layer_cls=layers)
+        return FullyShardedDataParallel(objective, auto_wrap_policy=policy, use_orig_params=True,
+                                        device_id=device if device.type == "cuda" else None)
+    if world == 1:
+        return objective
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(objective, device_ids=[device] if device.type == "cuda" else None)
+
+
+def trainable_state(wrapped: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
+    """Full (unsharded) trainable weights and optimizer state on CPU; a collective under FSDP."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=True)
+    return get_state_dict(wrapped, optimizer, options=options)
+
+
+def load_trainable_state(wrapped: torch.nn.Module, optimizer: torch.optim.Optimizer, weights: dict,
+                         optim: dict) -> None:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
+    options = StateDictOptions(full_state_dict=True, ignore_frozen_params=True, strict=False)
+    set_state_dict(wrapped, optimizer, model_state_dict=weights, optim_state_dict=optim, options=options)
+
+
+def replica_spread(model: torch.nn.Module, device: torch.device) -> float:
+    """max over trainable weights of (max over workers - min over workers): 0 when all replicas agree."""
+    import torch.distributed as dist
+
+    flat = torch.cat([p.detach().reshape(-1).float() for p in model.parameters() if p.requires_grad]).to(device)
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return 0.0
+    high, low = flat.clone(), flat.clone()
+    dist.all_reduce(high, op=dist.ReduceOp.MAX)
+    dist.all_reduce(low, op=dist.ReduceOp.MIN)
+    return float((high - low).max())
+
+
+def all_sum(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    import torch.distributed as dist
+
+    tensor = tensor.to(device)
+    if dist.is_initialized():
+        dist.all_reduce(tensor)
+    return tensor.cpu()
+
+
+# ------------------------------------------------------------------------------------------------ the worker
+
+
+def train_loop(config: dict) -> None:
+    """The per-worker training loop (TorchTrainer's train_loop_per_worker)."""
+    import ray.train
+    import ray.train.torch
+
+    cfg = TrainConfig(**config["train"])
+    items, seed = config["items"], config["seed"]
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    torch.set_num_threads(cfg.threads_per_worker or max(1, (os.cpu_count() or 1) // context.get_local_world_size()))
+    device = ray.train.torch.get_device()
+    amp = autocast_dtype(device, cfg.bf16)
+
+    torch.manual_seed(seed)  # the same fresh LoRA on every worker (DDP also broadcasts rank 0's weights)
+    model = build_model(config["init_model"], cfg).to(device)
+    objective = ReflectionObjective(model, cfg.reflection.weight, cfg.reflection.margin, cfg.reflection.pooling)
+    wrapped = wrap(objective, cfg, device, world)
+    optimizer = torch.optim.AdamW([p for p in wrapped.parameters() if p.requires_grad], lr=cfg.lr,
+                                  weight_decay=cfg.weight_decay)
+    plan = plan_batches([str(item["id"]) for item in items], cfg, world, seed)
+    total_steps = len(plan) // cfg.grad_accum
+    n_epochs = plan[-1][0] + 1
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, functools.partial(lr_factor, warmup=cfg.warmup_steps, total=total_steps, schedule=cfg.schedule))
+    # Per epoch: sum of L_lm, sum of L_ref, micro-batches; this worker's share, summed over workers at the end.
+    sums = torch.zeros(n_epochs, 3, dtype=torch.float64)
+    tokens, step, resumed_from, train_s = 0, 0, 0, 0.0
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as folder:
+            state = torch.load(Path(folder) / STATE_FILE, weights_only=False)
+        load_trainable_state(wrapped, optimizer, state["weights"], state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        sums, tokens, step, train_s = state["sums"], state["tokens"], state["step"], state["train_s"]
+        resumed_from = state["resumed_from"] or step
+        log.info("rank %d resumed from step %d", rank, step)
+
+    def report(final: bool, metrics: dict) -> None:
+        """Every worker calls ray.train.report at the same points; only rank 0 attaches the checkpoint."""
+        weights, optim = trainable_state(wrapped, optimizer)
+        metrics |= {"step": step, "tokens": tokens, "resumed_from_step": resumed_from, "final": final,
+                    "replica_max_diff": replica_spread(wrapped, device) if not cfg.fsdp else 0.0}
+        if rank != 0:
+            ray.train.report(metrics, checkpoint=None)
+            return
+        with tempfile.TemporaryDirectory() as folder:
+            torch.save({"weights": weights, "optimizer": optim, "scheduler": scheduler.state_dict(), "step": step,
+                        "sums": sums, "tokens": tokens, "resumed_from": resumed_from, "train_s": train_s}, Path(folder) / STATE_FILE)
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+
+    wrapped.train()
+    while step < total_steps:
+        started = time.perf_counter()
+        for micro in range(cfg.grad_accum):
+            epoch, indices = plan[step * cfg.grad_accum + micro]
+            torch.manual_seed(seed + 7919 * (step * cfg.grad_accum + micro) + rank)  # dropout: exact on resume
+            batch = collate([items[i] for i in indices[rank::world]], config["pad_id"], cfg.w_prefix)
+            batch = {k: v.to(device) for k, v in batch.items()}
+            # Gradients are all-reduced only on the last micro-batch of an optimizer step.
+            last = micro == cfg.grad_accum - 1
+            with contextlib.nullcontext() if last or world == 1 else wrapped.no_sync():
+                with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+                    out = wrapped(batch)
+                (out["loss"] / cfg.grad_accum).backward()
+            sums[epoch] += torch.tensor([out["lm_loss"].item(), out["ref_loss"].item(), 1.0], dtype=torch.float64)
+            tokens += int(batch["attention_mask"].sum())
+            if cfg.reflection.weight > 0 and bool(batch["valid"].any()):
+                tokens += int(batch["pos_attention_mask"].sum() + batch["neg_attention_mask"].sum())
+        torch.nn.utils.clip_grad_norm_([p for p in wrapped.parameters() if p.requires_grad], cfg.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        train_s += time.perf_counter() - started
+        if step % cfg.checkpoint_every_steps == 0 and step < total_steps:
+            report(False, {"lm_loss": out["lm_loss"].item(), "ref_loss": out["ref_loss"].item()})
+        crash = config.get("crash_file")
+        if crash and step == cfg.checkpoint_every_steps + 1 and rank == world - 1 and os.path.exists(crash):
+            # One step after the first checkpoint, so the controller has registered it before the death.
+            os.remove(crash)
+            os._exit(1)  # a hard death, as if the process were killed: no cleanup, no exception
+
+    totals = all_sum(sums.clone(), device)
+    means = totals[:, :2] / totals[:, 2:].clamp(min=1)
+    report(True, {"lm_loss": float(means[-1, 0]), "reflection_loss": float(means[-1, 1]),
+                  "epoch_lm_loss": [float(x) for x in means[:, 0]], "steps": total_steps,
+                  "tokens": int(all_sum(torch.tensor([tokens], dtype=torch.float64), device).item()),
+                  "train_s": train_s})
+
+
+# ------------------------------------------------------------------------------------------------ the driver
+
+
+def worker_resources(cfg: TrainConfig) -> dict[str, float]:
+    resources = {"CPU": cfg.cpus_per_worker, **cfg.resources_per_worker}
+    if cfg.use_gpu:
+        resources.setdefault("GPU", 1.0)
+    return resources
+
+
+def export_model(state_path: Path, init_model: str, out: Path, cfg: ExperimentConfig) -> Path:
+    """The round's weights as one plain HF folder: LoRA merged into the base (or the full weights), in the student
+    dtype, with the tokenizer. Both exam engines (transformers, vLLM) load it; the next round starts from it."""
+    from ..student.models import load_tokenizer
+
+    state = torch.load(state_path, weights_only=False)
+    model = build_model(init_model, cfg.train)
+    weights = {k.removeprefix("model."): v for k, v in state["weights"].items()}  # objective.model.* -> model.*
+    missing = {n for n, p in model.named_parameters() if p.requires_grad} - set(weights)
+    if missing:
+        raise RuntimeError(f"checkpoint {state_path} lacks trainable weights: {sorted(missing)[:3]}")
+    model.load_state_dict(weights, strict=False)
+    if cfg.train.lora.enabled:
+        model = model.merge_and_unload()
+    model = model.to(getattr(torch, cfg.student.dtype))
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out, safe_serialization=True)
+    load_tokenizer(init_model).save_pretrained(out)
+    return out
+
+
+def train_round(train_data_path: str | os.PathLike, init_model: str, out_dir: str | os.PathLike,
+                cfg: ExperimentConfig, *, seed: int) -> TrainResult:
+    """Train on the items of `train_data_path` (see data.build_train_items), starting from the HF folder
+    `init_model` (the previous round's merged model), and save the merged result at out_dir/"model"."""
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from ..student.models import load_tokenizer
+
+    tcfg = cfg.train
+    if tcfg.fsdp and tcfg.lora.enabled:
+        raise ValueError("train.fsdp shards full fine-tuning; set train.lora.enabled=false (LoRA uses DDP)")
+    init_ray(cfg.ray)
+    out_dir = Path(out_dir).resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    frame = pd.read_parquet(train_data_path)
+    if frame.empty:
+        raise ValueError(f"{train_data_path}: no training items")
+    items = [{k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in row.items()}
+             for row in frame.to_dict("records")]
+    config = {"items": items, "init_model": str(init_model), "train": tcfg.model_dump(), "seed": seed,
+              "pad_id": load_tokenizer(str(init_model)).pad_token_id, "crash_file": os.environ.get(CRASH_ENV)}
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config=config,
+        torch_config=TorchConfig(backend="nccl" if tcfg.use_gpu else "gloo"),
+        scaling_config=ray.train.ScalingConfig(num_workers=tcfg.num_workers, use_gpu=tcfg.use_gpu,
+                                               resources_per_worker=worker_resources(tcfg)),
+        run_config=ray.train.RunConfig(name="train", storage_path=str(out_dir / "ray_train"),
+                                       failure_config=ray.train.FailureConfig(max_failures=tcfg.max_failures),
+                                       checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)),
+    )
+    start = time.perf_counter()
+    result = trainer.fit()
+    wall = time.perf_counter() - start
+    metrics = result.metrics or {}
+    if result.checkpoint is None or not metrics.get("final"):
+        raise RuntimeError(f"training ended without a final checkpoint (metrics: {metrics})")
+    with result.checkpoint.as_directory() as folder:
+        model_dir = export_model(Path(folder) / STATE_FILE, str(init_model), out_dir / "model", cfg)
+    return TrainResult(model_dir=str(model_dir), lm_loss=metrics["lm_loss"], reflection_loss=metrics["reflection_loss"],
+                       steps=metrics["steps"], tokens=metrics["tokens"], wall_s=wall,
+                       epoch_lm_loss=metrics["epoch_lm_loss"], resumed_from_step=metrics["resumed_from_step"],
+                       replica_max_diff=metrics["replica_max_diff"], train_s=metrics["train_s"])

@@ -1,0 +1,100 @@
+"""Ray Train with the real student (SmolLM2-135M) on a local Ray: DDP, LoRA, checkpoints, a killed worker.
+
+Kept small for 2 shared cores: 6 one-step arithmetic questions, LoRA r=4, a few steps per run.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pandas as pd
+import pytest
+import torch
+
+from rbyr_ray.config import ArithConfig, ExperimentConfig
+from rbyr_ray.student.models import load_model, load_tokenizer, resolve_model_dir
+from rbyr_ray.tasks.arith import generate
+from rbyr_ray.train.data import build_train_items
+from rbyr_ray.train.trainer import CRASH_ENV, plan_batches, train_round
+
+pytestmark = pytest.mark.timeout(600)
+
+
+@pytest.fixture(scope="module")
+def student() -> str:
+    return resolve_model_dir("smollm2-135m")
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    import ray
+
+    from rbyr_ray.config import RayConfig
+    from rbyr_ray.ray_utils import init_ray
+
+    init_ray(RayConfig(num_cpus=2))
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def train_data(student, tmp_path_factory) -> str:
+    """Real items: two accepted teacher rationales (two phrasings) and one wrong student rationale per question."""
+    records = generate(ArithConfig(n_train=6, n_test=1, min_steps=1, max_steps=1, seed=7)).train
+    teacher = pd.DataFrame(
+        [{"id": r.id, "sample": 0, "rationale": r.solution, "accepted": True} for r in records]
+        + [{"id": r.id, "sample": 1, "rationale": f"We compute {r.solution}", "accepted": True} for r in records])
+    mistakes = {r.id: [f"{r.solution[:-1]}1.\nAnswer: {r.answer}1"] for r in records}
+    cfg = ExperimentConfig().train
+    items = build_train_items(teacher, mistakes, {r.id: r for r in records}, load_tokenizer(student), cfg,
+                              answer_type="numeric", seed=0)
+    assert items["valid"].all()
+    path = tmp_path_factory.mktemp("round") / "train_data.parquet"
+    items.to_parquet(path)
+    return str(path)
+
+
+def config(**train) -> ExperimentConfig:
+    base = {"lr": 3e-3, "epochs": 3, "batch_size": 4, "warmup_steps": 1, "num_workers": 2, "cpus_per_worker": 1,
+            "checkpoint_every_steps": 2, "max_failures": 1, "threads_per_worker": 1,
+            "lora": {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}}
+    return ExperimentConfig.model_validate({"seed": 0, "ray": {"num_cpus": 2}, "train": base | train})
+
+
+def test_plan_is_question_disjoint_and_whole_steps():
+    ids = [f"q{i % 5}" for i in range(23)]
+    cfg = config(epochs=1.5, grad_accum=2, batch_size=4).train
+    plan = plan_batches(ids, cfg, world=2, seed=0)
+    assert len(plan) % 2 == 0 and {epoch for epoch, _ in plan} == {0, 1}
+    for _, batch in plan:
+        assert len(batch) >= 2 and len({ids[i] for i in batch}) == len(batch)
+
+
+def test_two_ddp_workers_train_lora_and_export_a_merged_model(ray_cluster, train_data, student, tmp_path):
+    result = train_round(train_data, student, tmp_path, config(), seed=0)
+    # 12 items, batches of 4 -> 3 steps per epoch, 3 epochs; the loss falls on a set it can overfit.
+    assert result.steps == 9
+    assert result.epoch_lm_loss[-1] < 0.8 * result.epoch_lm_loss[0], result.epoch_lm_loss
+    assert result.reflection_loss > 0 and result.tokens > 0
+    assert result.replica_max_diff == 0.0  # DDP replicas hold identical weights after their steps
+    assert result.resumed_from_step == 0
+    # A plain HF folder (no adapter) that loads, differs from the start and runs.
+    assert not (tmp_path / "model" / "adapter_config.json").exists()
+    assert (tmp_path / "model" / "model.safetensors").exists() and (tmp_path / "model" / "tokenizer.json").exists()
+    tuned, base = load_model(result.model_dir, "float32"), load_model(student, "float32")
+    diff = (tuned.model.layers[0].self_attn.q_proj.weight - base.model.layers[0].self_attn.q_proj.weight).abs().max()
+    assert diff > 0
+    ids = load_tokenizer(result.model_dir)("Question: 2 + 3?\nReasoning: ", return_tensors="pt").input_ids
+    with torch.no_grad():
+        assert torch.isfinite(tuned(input_ids=ids).logits).all()
+
+
+def test_a_killed_worker_is_restarted_and_resumes_from_its_checkpoint(ray_cluster, train_data, student, tmp_path,
+                                                                      monkeypatch):
+    flag = tmp_path / "crash-once"
+    flag.write_text("die after the first checkpoint")
+    monkeypatch.setenv(CRASH_ENV, str(flag))
+    result = train_round(train_data, student, tmp_path, config(epochs=1, checkpoint_every_steps=2), seed=0)
+    assert not flag.exists()  # the worker did die
+    assert result.resumed_from_step == 2 and result.steps == 3  # checkpoint at step 2, death in step 3
+    assert os.path.isdir(result.model_dir)
