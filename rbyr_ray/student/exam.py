@@ -64,6 +64,13 @@ class ExamResult:
     n_tokens: int
     engine: str
     out_path: str | None
+    generate_s: float = 0.0  # engine time summed over batches (all replicas)
+    replicas: int = 1
+
+    @property
+    def engine_tokens_per_s(self) -> float:
+        """Steady-state generation throughput of the pool: start-up and pipeline overhead excluded."""
+        return self.n_tokens * self.replicas / self.generate_s if self.generate_s > 0 else 0.0
 
 
 def log_progress(p: ExamProgress) -> None:
@@ -101,12 +108,17 @@ class ExamWorker:
                               f"(exam.max_model_len or the model's limit)")
             else:
                 groups.setdefault(budget, []).append(i)
+        start = time.perf_counter()
         for budget, rows in groups.items():
             spec = SamplingSpec(self.spec.greedy, self.spec.temperature, self.spec.top_k, budget, self.spec.stop)
             for i, out in zip(rows, self._generate([ids[i] for i in rows], spec, [int(batch["seed"].iloc[i])
                                                                                    for i in rows])):
                 outputs[i] = out
-        return pd.DataFrame([self._grade(batch.iloc[i], out) for i, out in enumerate(outputs)])
+        graded = pd.DataFrame([self._grade(batch.iloc[i], out) for i, out in enumerate(outputs)])
+        graded["_gen_s"] = 0.0
+        if len(graded):
+            graded.loc[0, "_gen_s"] = time.perf_counter() - start  # the batch's engine time, once
+        return graded
 
     def _generate(self, prompts: list[list[int]], spec: SamplingSpec, seeds: list[int]) -> list[Generation | str]:
         """The batch at once; when that raises, each row alone, so one bad row cannot sink the others."""
@@ -174,7 +186,7 @@ def run_exam(records: Sequence[Record], model_path: str, cfg: ExperimentConfig, 
     spec = SamplingSpec(greedy=greedy, temperature=ex.temperature, top_k=ex.top_k, max_new_tokens=max_new_tokens)
     order = {r.id: i for i, r in enumerate(records)}
     got: list[pd.DataFrame] = []
-    tokens = 0
+    tokens, generate_s = 0, 0.0
     if items:
         cluster_cpus = ray.cluster_resources().get("CPU", 1.0)
         # Enough blocks that every replica gets work, each about one batch.
@@ -196,6 +208,7 @@ def run_exam(records: Sequence[Record], model_path: str, cfg: ExperimentConfig, 
         for batch in ds.iter_batches(batch_size=None, batch_format="pandas"):
             got.append(batch)
             tokens += int(batch["n_tokens"].sum())
+            generate_s += float(batch.pop("_gen_s").sum())
             if progress is not None:
                 progress(ExamProgress(sum(len(b) for b in got), len(items), tokens, time.perf_counter() - start))
     rows = pd.concat(got, ignore_index=True) if got else pd.DataFrame(columns=COLUMNS)
@@ -210,7 +223,8 @@ def run_exam(records: Sequence[Record], model_path: str, cfg: ExperimentConfig, 
     result = ExamResult(rows=rows, accuracy=accuracy, sample_accuracy=sample_accuracy,
                         tokens_per_s=tokens / wall if wall > 0 else 0.0, wall_s=wall, n_questions=len(records),
                         n_failed=int(rows["error"].notna().sum()), n_tokens=tokens, engine=ex.engine,
-                        out_path=str(out_path) if out_path is not None else None)
+                        out_path=str(out_path) if out_path is not None else None, generate_s=generate_s,
+                        replicas=ex.replicas)
     log.info("exam done: %d questions x %d samples, accuracy %.3f, %d failed rows, %.1f tok/s, %.1f s",
              len(records), samples, accuracy, result.n_failed, result.tokens_per_s, wall)
     return result

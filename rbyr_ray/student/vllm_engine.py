@@ -28,6 +28,7 @@ import json
 import logging
 import os
 import select
+import signal
 import subprocess
 import sys
 import tempfile
@@ -106,7 +107,8 @@ class VLLMEngine:
         log.info("starting the vLLM worker (%s); log: %s", python, self._log_path)
         try:
             self._proc = subprocess.Popen([python, str(WORKER), json.dumps(self.config)], stdin=subprocess.PIPE,
-                                          stdout=subprocess.PIPE, stderr=fd, env=env, text=True, bufsize=1)
+                                          stdout=subprocess.PIPE, stderr=fd, env=env, text=True, bufsize=1,
+                                          start_new_session=True)  # its own group: see close()
         finally:
             os.close(fd)  # the child holds its own copy
         ready = self._read(START_TIMEOUT_S, "start")
@@ -154,13 +156,17 @@ class VLLMEngine:
 
     def close(self) -> None:
         self._runner = None
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.stdin.close()  # EOF ends the worker's loop
-            try:
-                self._proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-        self._proc = None
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.stdin.close()  # EOF: the worker ends itself and its engine-core processes
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=30)
+        # vLLM's engine-core processes ignore SIGTERM; the worker leads their process group.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
     def __del__(self) -> None:
         # At interpreter shutdown the pipe may already be gone; the worker then exits on EOF by itself.

@@ -18,7 +18,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
+import threading
+import time
 
 STOP = "\n\n"  # rbyr_ray.tasks.prompts.STOP; repeated here because this file must not import rbyr_ray
 
@@ -89,26 +92,46 @@ def _has_cuda() -> bool:
         return False
 
 
+def _end_process_group() -> None:
+    """Kill this process and everything it started: vLLM's engine-core processes ignore SIGTERM and
+    outlive their parent, so the worker leads its own process group (the caller starts it in a new
+    session) and takes the group down with it."""
+    if os.getpgid(0) == os.getpid():
+        os.killpg(os.getpid(), signal.SIGKILL)
+
+
+def _exit_when_orphaned(parent: int) -> None:
+    """If the engine actor dies mid-generation, end the group without waiting for stdin's EOF."""
+    while os.getppid() == parent:
+        time.sleep(2.0)
+    _end_process_group()
+
+
 def serve(config: dict) -> None:
     """The JSON-lines loop (see the module docstring)."""
     protocol = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)  # everything else that writes to stdout (vLLM logs, subprocesses) goes to stderr
     sys.stdout = sys.stderr
+    threading.Thread(target=_exit_when_orphaned, args=(os.getppid(),), daemon=True).start()
     try:
-        runner = VLLMRunner(**config)
-    except Exception as exc:  # report start-up failures on the protocol so the caller can show them
-        protocol.write(json.dumps({"ready": False, "error": f"{type(exc).__name__}: {exc}"}) + "\n")
-        raise
-    protocol.write(json.dumps({"ready": True, "max_model_len": runner.max_model_len}) + "\n")
-    for line in sys.stdin:
-        if not line.strip():
-            continue
         try:
-            request = json.loads(line)
-            reply = {"outputs": runner.generate(request["prompts"], request["spec"], request["seeds"])}
-        except Exception as exc:  # noqa: BLE001 - one bad batch is an answer, not the end of the worker
-            reply = {"error": f"{type(exc).__name__}: {exc}"}
-        protocol.write(json.dumps(reply) + "\n")
+            runner = VLLMRunner(**config)
+        except Exception as exc:  # noqa: BLE001 - start-up failures go back on the protocol
+            protocol.write(json.dumps({"ready": False, "error": f"{type(exc).__name__}: {exc}"}) + "\n")
+            return
+        protocol.write(json.dumps({"ready": True, "max_model_len": runner.max_model_len}) + "\n")
+        for line in sys.stdin:
+            if not line.strip():
+                continue
+            try:
+                request = json.loads(line)
+                reply = {"outputs": runner.generate(request["prompts"], request["spec"], request["seeds"])}
+            except Exception as exc:  # noqa: BLE001 - one bad batch is an answer, not the end of the worker
+                reply = {"error": f"{type(exc).__name__}: {exc}"}
+            protocol.write(json.dumps(reply) + "\n")
+    finally:
+        protocol.flush()
+        _end_process_group()
 
 
 if __name__ == "__main__":  # vLLM's CPU backend spawns processes that re-import __main__: keep the guard

@@ -1,0 +1,102 @@
+"""Exam throughput: the Ray Data exam (hf engine) against a plain batched transformers loop, and the vllm
+engine against the hf engine, on the same arith questions, model and max tokens, in one run.
+
+    .venv/bin/python bench/exam.py                       # 64 questions, 64 new tokens, batch 32
+    .venv/bin/python bench/exam.py --questions 16 --max-new-tokens 32 --skip-vllm
+
+Two throughputs per pipeline (generated tokens / seconds):
+  end-to-end   model load (and, for the exam, actor start and the Ray Data pipeline) + generation;
+  generation   the time inside `generate` only (the exam sums its batches' engine time).
+Goals on 2 cores: exam hf / plain loop >= 0.8; vllm / hf >= 2 (steady-state generation: vLLM's ~30 s
+start-up would swamp 64 questions end-to-end).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+
+def plain_loop(prompts: list[str], model_name: str, dtype: str, batch_size: int, max_new_tokens: int) -> dict:
+    """What one process does without Ray: load, then batched left-padded greedy generate with the stop."""
+    import torch
+
+    from rbyr_ray.student.models import load_student
+    from rbyr_ray.tasks.prompts import STOP
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    start = time.perf_counter()
+    model, tok = load_student(model_name, dtype=dtype)
+    model.eval()
+    gen_s, tokens = 0.0, 0
+    for i in range(0, len(prompts), batch_size):
+        enc = tok(prompts[i:i + batch_size], return_tensors="pt", padding=True, add_special_tokens=False)
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, stop_strings=[STOP],
+                                 tokenizer=tok, pad_token_id=tok.pad_token_id)
+        gen_s += time.perf_counter() - t0
+        new = out[:, enc["input_ids"].shape[1]:]
+        tokens += int((new != tok.pad_token_id).sum())  # pad = eos: count real tokens only
+    wall = time.perf_counter() - start
+    return {"tokens": tokens, "wall_s": wall, "gen_s": gen_s}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--questions", type=int, default=64)
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--skip-vllm", action="store_true")
+    args = parser.parse_args()
+
+    from rbyr_ray.config import ExperimentConfig
+    from rbyr_ray.ray_utils import init_ray
+    from rbyr_ray.student.exam import run_exam
+    from rbyr_ray.tasks import load_task
+    from rbyr_ray.tasks.prompts import student_prefix
+
+    cfg = ExperimentConfig()
+    cfg.student.dtype = args.dtype
+    cfg.exam.batch_size = args.batch_size
+    records = load_task(cfg.task).test[: args.questions]
+    print(f"# {len(records)} arith test questions, model {args.model} ({args.dtype}), greedy, "
+          f"max_new_tokens {args.max_new_tokens}, batch {args.batch_size}, {os.cpu_count()} CPUs", flush=True)
+
+    def line(name: str, tokens: int, wall: float, gen: float) -> None:
+        print(f"{name:<22} tokens {tokens:>6}  end-to-end {tokens / wall:7.1f} tok/s ({wall:6.1f} s)  "
+              f"generation {tokens / gen:7.1f} tok/s ({gen:6.1f} s)", flush=True)
+
+    plain = plain_loop([student_prefix(r) for r in records], args.model, args.dtype, args.batch_size,
+                       args.max_new_tokens)
+    line("plain transformers", plain["tokens"], plain["wall_s"], plain["gen_s"])
+
+    init_ray(cfg.ray)  # cluster start-up is a once-per-run cost, outside both measurements
+    results = {}
+    for engine in ["hf"] + ([] if args.skip_vllm else ["vllm"]):
+        cfg.exam.engine = engine
+        r = run_exam(records, args.model, cfg, answer_type="numeric", samples=1, greedy=True,
+                     max_new_tokens=args.max_new_tokens, out_path=None, seed=0, progress=None)
+        results[engine] = r
+        line(f"ray data exam ({engine})", r.n_tokens, r.wall_s, r.generate_s / r.replicas)
+
+    hf = results["hf"]
+    plain_e2e, plain_gen = plain["tokens"] / plain["wall_s"], plain["tokens"] / plain["gen_s"]
+    print(f"ratio exam(hf) / plain loop: end-to-end {hf.tokens_per_s / plain_e2e:.2f}, "
+          f"generation {hf.engine_tokens_per_s / plain_gen:.2f}  (goal >= 0.8)")
+    if "vllm" in results:
+        vl = results["vllm"]
+        agree = int((vl.rows["predicted"] == hf.rows["predicted"]).sum())
+        print(f"ratio vllm / hf: generation {vl.engine_tokens_per_s / hf.engine_tokens_per_s:.2f}, "
+              f"end-to-end {vl.tokens_per_s / hf.tokens_per_s:.2f}  (goal >= 2 for generation); "
+              f"answers agree on {agree}/{len(records)}")
+
+
+if __name__ == "__main__":  # vLLM and Ray workers re-import __main__
+    main()

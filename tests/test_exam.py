@@ -1,0 +1,108 @@
+"""The exam as a real Ray Data pipeline over the real SmolLM2 (hf engine): graded Parquet rows, progress,
+sampling, failure isolation, and `rbyr-ray eval --json`."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pandas as pd
+import pytest
+
+from rbyr_ray.config import ExperimentConfig
+from rbyr_ray.student.engines import Generation, SamplingSpec
+from rbyr_ray.student.exam import COLUMNS, ExamProgress, ExamWorker, run_exam
+from rbyr_ray.tasks import load_task
+from rbyr_ray.tasks.records import Record
+
+pytestmark = pytest.mark.slow
+TEST = load_task(ExperimentConfig().task).test
+TOO_LONG = Record(id="too-long", question="Mia has 3 apples. " * 600 + "How many apples?", answer="3")
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    import ray
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    if started:
+        ray.shutdown()
+
+
+def small_cfg(**exam) -> ExperimentConfig:
+    cfg = ExperimentConfig()
+    cfg.exam = cfg.exam.model_copy(update={"batch_size": 8, **exam})
+    return cfg
+
+
+def test_eval_grades_rows_writes_parquet_and_isolates_an_overlong_prompt(ray_cluster, tmp_path):
+    records = [*TEST[:10], TOO_LONG, *TEST[10:12]]
+    seen: list[ExamProgress] = []
+    out = tmp_path / "eval.parquet"
+    result = run_exam(records, "smollm2-135m", small_cfg(), answer_type="numeric", samples=1, greedy=True,
+                      max_new_tokens=32, out_path=out, seed=0, progress=seen.append)
+
+    rows = result.rows
+    assert list(rows.columns) == COLUMNS
+    assert list(rows["id"]) == [r.id for r in records]  # question order, whatever order batches finished
+    bad = rows[rows["id"] == "too-long"].iloc[0]
+    assert "prompt too long" in bad["error"] and not bad["correct"] and bad["n_tokens"] == 0
+    good = rows[rows["id"] != "too-long"]
+    assert good["error"].isna().all() and (good["n_tokens"] > 0).all() and (good["n_tokens"] <= 32).all()
+    assert not good["rationale"].str.contains("\n\n").any()  # cut at the blank line
+    assert result.n_failed == 1 and result.n_questions == 13
+    assert result.accuracy == pytest.approx(rows["correct"].mean())
+    assert result.tokens_per_s > 0 and result.n_tokens == int(rows["n_tokens"].sum())
+    assert seen and seen[-1].done == seen[-1].total == 13 and seen[-1].tokens == result.n_tokens
+    assert pd.read_parquet(out).equals(rows)
+
+
+def test_exam_samples_n_rationales_per_question(ray_cluster):
+    result = run_exam(TEST[:4], "smollm2-135m", small_cfg(), answer_type="numeric", samples=3, greedy=False,
+                      max_new_tokens=16, out_path=None, seed=1, progress=None)
+    rows = result.rows
+    assert len(rows) == 12 and rows.groupby("id")["sample"].apply(sorted).tolist() == [[0, 1, 2]] * 4
+    assert rows["error"].isna().all()
+    assert rows["rationale"].nunique() > 4  # temperature 1.0, top_k 50: samples differ
+    assert 0.0 <= result.sample_accuracy <= 1.0
+
+
+class FlakyEngine:
+    """Fails any batch holding the poisoned prompt, like an engine that chokes on one input."""
+
+    name = "hf"
+
+    def generate(self, prompts, spec, seeds):
+        if [666] in prompts:
+            raise RuntimeError("poisoned prompt")
+        return [Generation("2 + 2 = 4.\nAnswer: 4", 7) for _ in prompts]
+
+    def close(self):
+        pass
+
+
+def test_an_engine_error_fails_only_its_own_row():
+    worker = ExamWorker.__new__(ExamWorker)  # the batch logic alone, without loading a model
+    worker.engine = FlakyEngine()
+    outs = worker._generate([[1], [666], [2], [3]], SamplingSpec(max_new_tokens=8), [0, 1, 2, 3])
+    assert isinstance(outs[1], str) and "poisoned prompt" in outs[1]
+    assert [o.text for i, o in enumerate(outs) if i != 1] == ["2 + 2 = 4.\nAnswer: 4"] * 3
+
+
+def test_cli_eval_prints_accuracy_and_a_json_line(ray_cluster, tmp_path, capsys):
+    from rbyr_ray.cli import main
+
+    out = tmp_path / "cli.parquet"
+    code = main(["eval", "--task", "arith", "--model", "smollm2-135m", "--limit", "3", "--max-new-tokens", "16",
+                 "--json", "--out", str(out)])
+    assert code == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert "accuracy" in lines[-2]
+    summary = json.loads(lines[-1])
+    assert set(summary) == {"task", "model", "engine", "n", "accuracy", "tokens_per_s"}
+    assert summary["task"] == "arith" and summary["engine"] == "hf" and summary["n"] == 3
+    assert len(pd.read_parquet(out)) == 3
