@@ -187,6 +187,8 @@ def train_loop(config: dict) -> None:
     optimizer = torch.optim.AdamW([p for p in wrapped.parameters() if p.requires_grad], lr=cfg.lr,
                                   weight_decay=cfg.weight_decay)
     plan = plan_batches([str(item["id"]) for item in items], cfg, world, seed)
+    if not plan:
+        raise ValueError(f"{len(items)} items make no batch with an item for each of {world} workers")
     total_steps = len(plan) // cfg.grad_accum
     n_epochs = plan[-1][0] + 1
     scheduler = torch.optim.lr_scheduler.LambdaLR(

@@ -1,0 +1,145 @@
+"""Training throughput, all in one run, on whatever this machine is (CPU here; `--gpu` on a GPU machine):
+
+1. the cost of reflection: tokens/s and s/item of the plain loop at lambda = 0 and lambda = 0.5
+   (goal: lambda = 0.5 costs at most 2.2x per item: one anchor forward becomes anchor + pos/neg forwards);
+2. Ray Train overhead: a single TorchTrainer worker against the same loop in one plain process, same model,
+   items and batches, compared on time inside training steps (goal: ratio >= 0.9);
+3. MFU = 6 * params * tokens/s / matmul peak, the peak measured here in the same run (goal >= 30%).
+
+    .venv/bin/python bench/train.py [--items 48] [--steps 4] [--gpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from rbyr_ray.config import ArithConfig, ExperimentConfig
+from rbyr_ray.student.models import load_tokenizer, resolve_model_dir
+from rbyr_ray.tasks.arith import generate
+from rbyr_ray.train.data import build_train_items, collate
+from rbyr_ray.train.objective import ReflectionObjective
+from rbyr_ray.train.trainer import autocast_dtype, build_model, plan_batches, train_round
+
+
+def make_items(student: str, n: int, cfg: ExperimentConfig) -> pd.DataFrame:
+    """Real items: two phrasings of the gold rationale as accepted teacher rationales, one wrong student rationale."""
+    records = generate(ArithConfig(n_train=n // 2, n_test=1, seed=11)).train
+    teacher = pd.DataFrame(
+        [{"id": r.id, "sample": 0, "rationale": r.solution, "accepted": True} for r in records]
+        + [{"id": r.id, "sample": 1, "rationale": f"Step by step: {r.solution}", "accepted": True} for r in records])
+    mistakes = {r.id: [f"{r.solution[:-1]}3. So the result is wrong.\nAnswer: {r.answer}3"] for r in records}
+    return build_train_items(teacher, mistakes, {r.id: r for r in records}, load_tokenizer(student), cfg.train,
+                             answer_type="numeric", seed=0)
+
+
+def matmul_peak(device: torch.device, dtype: torch.dtype, n: int = 2048, reps: int = 5) -> float:
+    """Best FLOP/s of an n x n matmul in the compute dtype the training uses."""
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    best = float("inf")
+    for _ in range(reps + 1):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        a @ b
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best
+
+
+def plain_loop(student: str, items: list[dict], cfg: ExperimentConfig, weight: float, steps: int,
+               device: torch.device) -> dict:
+    """The trainer's step in one process without Ray: same model, objective, batches and optimizer."""
+    tcfg = cfg.train
+    torch.manual_seed(0)
+    model = build_model(student, tcfg).to(device)
+    objective = ReflectionObjective(model, weight, tcfg.reflection.margin, tcfg.reflection.pooling)
+    optimizer = torch.optim.AdamW([p for p in objective.parameters() if p.requires_grad], lr=tcfg.lr)
+    amp = autocast_dtype(device, tcfg.bf16)
+    plan = plan_batches([str(i["id"]) for i in items], tcfg, world=1, seed=0)[: steps + 1]
+    pad_id = load_tokenizer(student).pad_token_id
+    tokens, n_items, seconds, all_tokens, all_seconds = 0, 0, 0.0, 0, 0.0
+    for index, (_, indices) in enumerate(plan):
+        started = time.perf_counter()
+        batch = {k: v.to(device) for k, v in collate([items[i] for i in indices], pad_id, tcfg.w_prefix).items()}
+        with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+            out = objective(batch)
+        out["loss"].backward()
+        torch.nn.utils.clip_grad_norm_([p for p in objective.parameters() if p.requires_grad], tcfg.max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        step_tokens = int(batch["attention_mask"].sum())
+        if weight > 0 and bool(batch["valid"].any()):
+            step_tokens += int(batch["pos_attention_mask"].sum() + batch["neg_attention_mask"].sum())
+        all_tokens, all_seconds = all_tokens + step_tokens, all_seconds + time.perf_counter() - started
+        if index == 0:
+            continue  # warm-up step: allocator, kernels, first-touch
+        seconds += time.perf_counter() - started
+        n_items += len(indices)
+        tokens += step_tokens
+    params = sum(p.numel() for p in model.parameters())
+    return {"tokens_s": tokens / seconds, "all_tokens_s": all_tokens / all_seconds, "s_per_item": seconds / n_items, "params": params, "amp": str(amp)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--items", type=int, default=48, help="items built (two per question)")
+    parser.add_argument("--steps", type=int, default=2, help="measured steps per loop (after one warm-up step)")
+    parser.add_argument("--gpu", action="store_true")
+    args = parser.parse_args()
+
+    device = torch.device("cuda" if args.gpu else "cpu")
+    threads = torch.get_num_threads() if args.gpu else (os.cpu_count() or 1)
+    torch.set_num_threads(threads)
+    student = resolve_model_dir("smollm2-135m")
+    cfg = ExperimentConfig.model_validate({
+        "ray": {"num_cpus": os.cpu_count()},
+        "train": {"batch_size": 8, "epochs": 1, "warmup_steps": 0, "num_workers": 1, "use_gpu": args.gpu,
+                  "cpus_per_worker": os.cpu_count(), "threads_per_worker": threads, "checkpoint_every_steps": 1000},
+    })
+    # Every loop (plain and Ray) walks the same batches of the same items.
+    items = make_items(student, args.items, cfg).to_dict("records")[: cfg.train.batch_size * (args.steps + 1)]
+    print(f"device {device}, torch threads {threads}, {len(items)} items, batch {cfg.train.batch_size}, "
+          f"LoRA r={cfg.train.lora.r} on {len(cfg.train.lora.target_modules)} modules")
+
+    no_ref = plain_loop(student, items, cfg, 0.0, args.steps, device)
+    ref = plain_loop(student, items, cfg, 0.5, args.steps, device)
+    compute = torch.bfloat16 if no_ref["amp"] == "torch.bfloat16" else torch.float32
+    peak = matmul_peak(device, compute)
+    cost = ref["s_per_item"] / no_ref["s_per_item"]
+    print(f"plain loop, lambda=0  : {no_ref['tokens_s']:8.1f} tok/s  {no_ref['s_per_item']:.3f} s/item "
+          f"(autocast {no_ref['amp']})")
+    print(f"plain loop, lambda=0.5: {ref['tokens_s']:8.1f} tok/s  {ref['s_per_item']:.3f} s/item")
+    print(f"reflection cost per item: {cost:.2f}x (goal <= 2.2x)")
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "train_data.parquet"
+        pd.DataFrame(items).to_parquet(path)
+        ray_cfg = cfg.model_copy(deep=True)
+        ray_cfg.train.reflection.weight = 0.0
+        result = train_round(path, student, Path(folder) / "out", ray_cfg, seed=0)
+    ray_tokens_s = result.tokens / result.train_s
+    # Both sides counted over the same batches, warm-up step included (the Ray worker times every step).
+    print(f"Ray Train, 1 worker, lambda=0: {ray_tokens_s:8.1f} tok/s inside steps ({result.steps} steps, "
+          f"{result.train_s:.1f} s of {result.wall_s:.1f} s wall incl. startup and export)")
+    print(f"plain loop, lambda=0, warm-up step included: {no_ref['all_tokens_s']:8.1f} tok/s")
+    print(f"Ray Train / plain loop: {ray_tokens_s / no_ref['all_tokens_s']:.2f} (goal >= 0.9)")
+
+    params = no_ref["params"]
+    for name, run in (("lambda=0", no_ref), ("lambda=0.5", ref)):
+        mfu = 6 * params * run["tokens_s"] / peak
+        print(f"MFU {name}: 6 * {params / 1e6:.1f}M params * {run['tokens_s']:.1f} tok/s / "
+              f"{peak / 1e9:.1f} GFLOP/s peak ({compute}) = {100 * mfu:.1f}% (goal >= 30%)")
+
+
+if __name__ == "__main__":
+    main()
