@@ -167,6 +167,13 @@ class VLLMEngine:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+        deadline = time.monotonic() + 10.0  # SIGKILL is asynchronous: return once the group is gone
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(proc.pid, 0)
+            except (ProcessLookupError, PermissionError):
+                break
+            time.sleep(0.1)
 
     def __del__(self) -> None:
         # At interpreter shutdown the pipe may already be gone; the worker then exits on EOF by itself.

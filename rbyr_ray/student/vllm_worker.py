@@ -47,6 +47,10 @@ class VLLMRunner:
             kwargs["gpu_memory_utilization"] = gpu_memory_utilization
         if adapter:
             kwargs.update(enable_lora=True, max_lora_rank=max_lora_rank, max_loras=1)
+        if tensor_parallel_size > 1:
+            # Inside a Ray actor vLLM would otherwise use Ray for its TP workers and ask for GPUs that the
+            # actor already holds; processes on the actor's own GPUs avoid that deadlock.
+            kwargs["distributed_executor_backend"] = "mp"
         self.llm = LLM(model=model, tokenizer=model, dtype=dtype, max_model_len=max_model_len,
                        tensor_parallel_size=tensor_parallel_size, enforce_eager=enforce_eager, seed=seed,
                        **kwargs)
