@@ -235,7 +235,8 @@ def teacher_endpoint(cfg: ExperimentConfig, student_model: str):
 
     # `student` (STaR-style): the current student rationalizes its own mistakes, served locally.
     backend = "student" if cfg.teacher.backend == "student" else cfg.teacher.local_backend
-    with LocalTeacherServer(backend, cfg.task, cfg.teacher, model_path=student_model) as base_url:
+    extra = ["--model-path", student_model] if backend == "student" else []
+    with LocalTeacherServer(backend, cfg.task, cfg.teacher, seed=cfg.seed, extra_args=extra) as base_url:
         yield base_url
 
 

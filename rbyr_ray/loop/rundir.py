@@ -36,7 +36,7 @@ class RunDir:
     manifest: dict = field(default_factory=dict)
 
     @classmethod
-    def create_or_resume(cls, path: str | os.PathLike, cfg: ExperimentConfig) -> "RunDir":
+    def create_or_resume(cls, path: str | os.PathLike, cfg: ExperimentConfig) -> RunDir:
         """A new run dir for `cfg`, or the existing one when it was made from the same config."""
         path = Path(path)
         existing = path / "config.yaml"

@@ -206,3 +206,55 @@ _GARBAGE_WORDS = ["lorem", "ipsum", "dolor", "sit", "amet", "consectetur", "adip
 def garbage(rng: random.Random) -> str:
     """Fluent-looking noise with nothing to grade."""
     return " ".join(rng.choice(_GARBAGE_WORDS) for _ in range(rng.randint(6, 16)))
+
+
+_HINT = re.compile(r"Hint: the correct answer is (.+?)\.?\s*$", re.MULTILINE)
+
+
+class StudentBackend:
+    """STaR-style rationalization: the student itself answers, sampling in its own prompt format.
+
+    With the feedback prompt's hint, the hint goes into the student's question ("... (The answer is 16.)"),
+    so it rationalizes the gold answer; without one it simply answers. Requests are batched across HTTP
+    requests by the server (`batched = True`), since one generate call per sample would be far too slow.
+    """
+
+    batched = True
+
+    def __init__(self, model_path: str, *, temperature: float = 0.7, max_new_tokens: int = 96,
+                 threads: int | None = None):
+        from ..student.engines import SamplingSpec
+        from ..student.hf_engine import HFEngine
+
+        self.engine = HFEngine(model_path, threads=threads)
+        self.spec = SamplingSpec(greedy=False, temperature=temperature, top_k=50, max_new_tokens=max_new_tokens)
+
+    def prompt(self, messages: list[dict]) -> str:
+        from ..tasks import Record
+        from ..tasks.prompts import student_prefix
+
+        found = question_from_messages(messages)
+        if found is None:
+            return ""
+        question, choices = found
+        hint = _HINT.search(str(messages[-1].get("content", "")))
+        if hint:
+            question = f"{question} (The answer is {hint.group(1).strip()}.)"
+        return student_prefix(Record(id="q", question=question, answer="", choices=choices))
+
+    def answer_batch(self, requests: list[tuple[list[dict], int]]) -> list[str]:
+        """One text per (messages, variant); a single batched generate call for all of them."""
+        prompts = [self.prompt(m) for m, _ in requests]
+        ids = [self.engine.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+        live = [i for i, p in enumerate(prompts) if p]
+        gens = self.engine.generate([ids[i] for i in live], self.spec, seeds=[requests[i][1] for i in live])
+        texts = [UNKNOWN] * len(requests)
+        for i, gen in zip(live, gens):
+            texts[i] = gen.text
+        return texts
+
+    def answer(self, messages: list[dict], variant: int) -> str:
+        return self.answer_batch([(messages, variant)])[0]
+
+    def wrong(self, messages: list[dict], rng: random.Random) -> str:
+        return f"{self.answer(messages, rng.randrange(1 << 16))}\nAnswer: {rng.randint(0, 99)}"

@@ -22,7 +22,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     tsub.required = True
 
     s = tsub.add_parser("serve", help="an OpenAI-compatible local teacher server (solver or reference)")
-    s.add_argument("--backend", choices=["solver", "reference"], default="solver")
+    s.add_argument("--backend", choices=["solver", "reference", "student"], default="solver",
+                   help="student: the student model itself answers (STaR-style), needs --model-path")
+    s.add_argument("--model-path", default=None, help="HF folder of the student, for --backend student")
     s.add_argument("--task", default=None, help="the task the reference backend answers (default: arith)")
     s.add_argument("--data-dir", default=None, help="benchmark folder for the reference backend")
     s.add_argument("--task-config", default=None, help="YAML of a task section (arith settings, templates)")
@@ -84,7 +86,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         api_key = os.environ.get(args.api_key_env)
         if not api_key:
             raise ValueError(f"--api-key-env {args.api_key_env}: the variable is not set")
-    backend = build_backend(args.backend, task_cfg)
+    backend = build_backend(args.backend, task_cfg, args.model_path)
     faults = Faults(args.latency_ms, args.error_rate, args.rate_limit_rate, args.wrong_rate, args.garbage_rate)
     app = make_app(backend, model=args.model, faults=faults, api_key=api_key, seed=args.seed,
                    ignore_n=args.ignore_n)

@@ -77,6 +77,7 @@ def make_app(backend: Backend, *, model: str = "rbyr-local-teacher", faults: Fau
     faults = faults or Faults()
     rng = random.Random(seed)
     stats = ServerStats()
+    batcher = _Batcher(backend) if getattr(backend, "batched", False) else None
 
     def error(status: int, message: str, kind: str) -> web.Response:
         return web.json_response({"error": {"message": message, "type": kind, "code": status}}, status=status,
@@ -126,8 +127,12 @@ def make_app(backend: Backend, *, model: str = "rbyr-local-teacher", faults: Fau
                 texts.append(backend.wrong(messages, rng))
             elif roll < faults.wrong_rate + faults.garbage_rate:
                 texts.append(garbage(rng))
+            elif batcher is not None:
+                texts.append(batcher.submit(messages, offset + i))
             else:
                 texts.append(backend.answer(messages, offset + i))
+        if batcher is not None:  # model backends: generate all pending samples of all requests together
+            texts = [await t if isinstance(t, asyncio.Future) else t for t in texts]
         stats.completions += 1
         stats.choices += n
         prompt_tokens = sum(count_tokens(str(m.get("content", ""))) for m in messages if isinstance(m, dict))
@@ -154,7 +159,37 @@ def make_app(backend: Backend, *, model: str = "rbyr-local-teacher", faults: Fau
     return app
 
 
-def build_backend(name: str, task_cfg: TaskConfig | None = None) -> Backend:
+class _Batcher:
+    """Collects the samples of concurrent requests and answers them in one `answer_batch` call, run in a
+    thread so the server keeps accepting requests while a model generates."""
+
+    def __init__(self, backend, max_batch: int = 64, wait_s: float = 0.05):
+        self.backend, self.max_batch, self.wait_s = backend, max_batch, wait_s
+        self.pending: list[tuple[list[dict], int, asyncio.Future]] = []
+        self.task: asyncio.Task | None = None
+
+    def submit(self, messages: list[dict], variant: int) -> asyncio.Future:
+        future = asyncio.get_running_loop().create_future()
+        self.pending.append((messages, variant, future))
+        if self.task is None or self.task.done():
+            self.task = asyncio.ensure_future(self._drain())
+        return future
+
+    async def _drain(self) -> None:
+        while self.pending:
+            await asyncio.sleep(self.wait_s)  # let concurrent requests join the batch
+            batch, self.pending = self.pending[: self.max_batch], self.pending[self.max_batch:]
+            try:
+                texts = await asyncio.to_thread(self.backend.answer_batch, [(m, v) for m, v, _ in batch])
+            except Exception as exc:  # noqa: BLE001 - a failed generation fails its requests, not the server
+                for _, _, future in batch:
+                    future.set_exception(exc)
+                continue
+            for (_, _, future), text in zip(batch, texts):
+                future.set_result(text)
+
+
+def build_backend(name: str, task_cfg: TaskConfig | None = None, model_path: str | None = None) -> Backend:
     """`solver` (arith, templates from the task config) or `reference` (loads the task's train and test)."""
     task_cfg = task_cfg or TaskConfig()
     if name == "solver":
@@ -165,7 +200,13 @@ def build_backend(name: str, task_cfg: TaskConfig | None = None) -> Backend:
         # The server answers whatever split the client asks about: index every record, without limits.
         data = load_task(task_cfg.model_copy(update={"train_limit": None, "test_limit": None, "val_fraction": 0.0}))
         return ReferenceBackend.from_records(task_cfg.name, list(data.train) + list(data.test))
-    raise ValueError(f"unknown local teacher backend {name!r}: expected solver or reference")
+    if name == "student":
+        if not model_path:
+            raise ValueError("the student backend needs --model-path (the student's HF folder)")
+        from .backends import StudentBackend
+
+        return StudentBackend(model_path)
+    raise ValueError(f"unknown local teacher backend {name!r}: expected solver, reference or student")
 
 
 async def serve(app: web.Application, host: str = "127.0.0.1", port: int = 0, announce=print) -> None:
