@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -29,8 +30,13 @@ from .tracking import Tracker
 log = logging.getLogger(__name__)
 
 
-def run(config: ExperimentConfig | str | Path, run_dir: str | Path | None = None) -> dict:
-    """Run (or continue) a multi-round experiment; returns the summary written to summary.json."""
+def run(config: ExperimentConfig | str | Path, run_dir: str | Path | None = None,
+        on_round: Callable[[dict], None] | None = None) -> dict:
+    """Run (or continue) a multi-round experiment; returns the summary written to summary.json.
+
+    `on_round(row)` is called after every evaluated round (rounds already done included, on a resume) with
+    that round's summary row; Ray Tune trials report through it.
+    """
     cfg = config if isinstance(config, ExperimentConfig) else load_config(config)
     run_dir = Path(run_dir or cfg.run_dir or f"runs/{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}")
     rd = RunDir.create_or_resume(run_dir, cfg)
@@ -38,7 +44,7 @@ def run(config: ExperimentConfig | str | Path, run_dir: str | Path | None = None
     init_ray(cfg.ray)
     tracker = Tracker(cfg, rd.path)
     try:
-        _rounds(cfg, rd, tracker)
+        _rounds(cfg, rd, tracker, on_round)
     finally:
         tracker.close()
     summary = build_summary(rd)
@@ -54,7 +60,7 @@ def resume(run_dir: str | Path) -> dict:
     return run(load_run_config(run_dir), run_dir=run_dir)
 
 
-def _rounds(cfg: ExperimentConfig, rd: RunDir, tracker: Tracker) -> None:
+def _rounds(cfg: ExperimentConfig, rd: RunDir, tracker: Tracker, on_round: Callable[[dict], None] | None) -> None:
     from ..student.models import resolve_model_dir
 
     task = load_task(cfg.task, seed=cfg.seed)
@@ -89,7 +95,10 @@ def _rounds(cfg: ExperimentConfig, rd: RunDir, tracker: Tracker) -> None:
 
         # 4. Evaluate on the test split with greedy decoding.
         accuracy = stage.evaluate(k, eval_split, model, answer_type)["accuracy"]
-        rd.write_summary(build_summary(rd))
+        summary = build_summary(rd)
+        rd.write_summary(summary)
+        if on_round is not None:
+            on_round(next(r for r in summary["rounds"] if r["round"] == k))
         if accuracy > best:
             best, rounds_without_gain = accuracy, 0
         else:
