@@ -54,40 +54,46 @@ def matmul_peak(device: torch.device, dtype: torch.dtype, n: int = 2048, reps: i
     return 2 * n**3 / best
 
 
-def plain_loop(student: str, items: list[dict], cfg: ExperimentConfig, weight: float, steps: int,
-               device: torch.device) -> dict:
-    """The trainer's step in one process without Ray: same model, objective, batches and optimizer."""
+def plain_loop(student: str, items: list[dict], cfg: ExperimentConfig, weights: tuple[float, ...], steps: int,
+               device: torch.device) -> dict[float, dict]:
+    """The trainer's step in one process without Ray: same model, objective, batches and optimizer.
+
+    Every batch is trained once per lambda in `weights`, back to back, so that load from other processes on a
+    shared machine hits all of them alike and their ratio stays meaningful.
+    """
     tcfg = cfg.train
     torch.manual_seed(0)
     model = build_model(student, tcfg).to(device)
-    objective = ReflectionObjective(model, weight, tcfg.reflection.margin, tcfg.reflection.pooling)
+    objective = ReflectionObjective(model, 0.0, tcfg.reflection.margin, tcfg.reflection.pooling)
     optimizer = torch.optim.AdamW([p for p in objective.parameters() if p.requires_grad], lr=tcfg.lr)
     amp = autocast_dtype(device, tcfg.bf16)
     plan = plan_batches([str(i["id"]) for i in items], tcfg, world=1, seed=0)[: steps + 1]
     pad_id = load_tokenizer(student).pad_token_id
-    tokens, n_items, seconds, all_tokens, all_seconds = 0, 0, 0.0, 0, 0.0
+    stats = {w: {"tokens": 0, "items": 0, "seconds": 0.0, "all_tokens": 0, "all_seconds": 0.0} for w in weights}
     for index, (_, indices) in enumerate(plan):
-        started = time.perf_counter()
         batch = {k: v.to(device) for k, v in collate([items[i] for i in indices], pad_id, tcfg.w_prefix).items()}
-        with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-            out = objective(batch)
-        out["loss"].backward()
-        torch.nn.utils.clip_grad_norm_([p for p in objective.parameters() if p.requires_grad], tcfg.max_grad_norm)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        step_tokens = int(batch["attention_mask"].sum())
-        if weight > 0 and bool(batch["valid"].any()):
-            step_tokens += int(batch["pos_attention_mask"].sum() + batch["neg_attention_mask"].sum())
-        all_tokens, all_seconds = all_tokens + step_tokens, all_seconds + time.perf_counter() - started
-        if index == 0:
-            continue  # warm-up step: allocator, kernels, first-touch
-        seconds += time.perf_counter() - started
-        n_items += len(indices)
-        tokens += step_tokens
+        for weight in weights:
+            objective.weight = weight
+            started = time.perf_counter()
+            with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+                out = objective(batch)
+            out["loss"].backward()
+            torch.nn.utils.clip_grad_norm_([p for p in objective.parameters() if p.requires_grad], tcfg.max_grad_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            seconds = time.perf_counter() - started
+            tokens = int(batch["attention_mask"].sum())
+            if weight > 0 and bool(batch["valid"].any()):
+                tokens += int(batch["pos_attention_mask"].sum() + batch["neg_attention_mask"].sum())
+            s = stats[weight]
+            s["all_tokens"], s["all_seconds"] = s["all_tokens"] + tokens, s["all_seconds"] + seconds
+            if index > 0:  # the first batch warms up: allocator, kernels, first-touch
+                s["tokens"], s["items"], s["seconds"] = s["tokens"] + tokens, s["items"] + len(indices), s["seconds"] + seconds
     params = sum(p.numel() for p in model.parameters())
-    return {"tokens_s": tokens / seconds, "all_tokens_s": all_tokens / all_seconds, "s_per_item": seconds / n_items, "params": params, "amp": str(amp)}
+    return {w: {"tokens_s": s["tokens"] / s["seconds"], "all_tokens_s": s["all_tokens"] / s["all_seconds"],
+                "s_per_item": s["seconds"] / s["items"], "params": params, "amp": str(amp)} for w, s in stats.items()}
 
 
 def main() -> None:
@@ -111,8 +117,8 @@ def main() -> None:
     print(f"device {device}, torch threads {threads}, {len(items)} items, batch {cfg.train.batch_size}, "
           f"LoRA r={cfg.train.lora.r} on {len(cfg.train.lora.target_modules)} modules")
 
-    no_ref = plain_loop(student, items, cfg, 0.0, args.steps, device)
-    ref = plain_loop(student, items, cfg, 0.5, args.steps, device)
+    loops = plain_loop(student, items, cfg, (0.0, 0.5), args.steps, device)
+    no_ref, ref = loops[0.0], loops[0.5]
     compute = torch.bfloat16 if no_ref["amp"] == "torch.bfloat16" else torch.float32
     peak = matmul_peak(device, compute)
     cost = ref["s_per_item"] / no_ref["s_per_item"]
