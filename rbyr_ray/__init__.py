@@ -26,4 +26,4 @@ def tune(tune_config, overrides=(), resume=None):
     return _tune(tune_config, overrides=overrides, resume=resume)
 
 
-__all__ = ["ExperimentConfig", "ConfigError", "load_config", "run", "tune", "__version__"]
+__all__ = ["ConfigError", "ExperimentConfig", "__version__", "load_config", "run", "tune"]

