@@ -15,6 +15,7 @@ independently, a wrong answer (wrong_rate), unparseable text (garbage_rate) or t
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import os
@@ -75,6 +76,7 @@ def make_app(backend: Backend, *, model: str = "rbyr-local-teacher", faults: Fau
     """The aiohttp application; `seed` makes fault injection and wording reproducible; `ignore_n` answers
     one choice whatever n asks for, like servers that do not implement n."""
     faults = faults or Faults()
+    request_log = os.environ.get("RBYR_TEACHER_REQUEST_LOG")
     rng = random.Random(seed)
     stats = ServerStats()
     batcher = _Batcher(backend) if getattr(backend, "batched", False) else None
@@ -119,7 +121,11 @@ def make_app(backend: Backend, *, model: str = "rbyr-local-teacher", faults: Fau
         if draw < faults.error_rate + faults.rate_limit_rate:
             stats.errors_429 += 1
             return error(429, "injected rate limit", "rate_limit_error")
-        offset = rng.randrange(1 << 16)  # so that separate n=1 requests also vary in wording
+        # Wording follows the request's content (not arrival order), so a resumed run gets the same answers.
+        offset = int(hashlib.sha256(json.dumps(messages, sort_keys=True).encode()).hexdigest()[:8], 16)
+        if request_log is not None:  # tests count what was sent, across server restarts
+            with open(request_log, "a") as fh:  # noqa: ASYNC230 - one tiny line, test runs only
+                fh.write(json.dumps({"hash": f"{offset:08x}", "n": n}) + "\n")
         texts = []
         for i in range(n):
             roll = rng.random()
@@ -228,6 +234,15 @@ async def serve(app: web.Application, host: str = "127.0.0.1", port: int = 0, an
         await runner.cleanup()
 
 
+def _die_with_parent() -> None:
+    """In the child: ask Linux to SIGTERM it when the run that started it dies, even by SIGKILL."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+
+
 _LISTENING = re.compile(r"listening on (http://\S+/v1)")
 
 
@@ -284,7 +299,8 @@ class LocalTeacherServer:
         self._log = open(stdout_path, "w")  # noqa: SIM115 - held open for the server's lifetime, closed in stop()
         self._proc = subprocess.Popen(self.command(task_file) + (["--api-key-env", "RBYR_TEACHER_SERVER_KEY"]
                                                                 if self.api_key is not None else []),
-                                      stdout=subprocess.PIPE, stderr=self._log, env=env, text=True)
+                                      stdout=subprocess.PIPE, stderr=self._log, env=env, text=True,
+                                      preexec_fn=_die_with_parent)  # noqa: PLW1509 - only calls prctl
         deadline = time.monotonic() + self.startup_timeout_s
         line = self._proc.stdout.readline()  # the first line announces the bound address
         match = _LISTENING.search(line or "")
