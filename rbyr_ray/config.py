@@ -26,6 +26,12 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+Placement = Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"]  # Ray placement group strategies
+# Where torch runs: "auto" follows the GPU request; "cpu" with GPUs requested reserves logical GPUs (declared to
+# Ray on a CPU machine) while computing on the CPU, which is how GPU placement is tested without a GPU.
+Device = Literal["auto", "cpu", "cuda"]
+
+
 class ArithConfig(_Section):
     """The synthetic multi-step arithmetic task (rbyr_ray.tasks.arith)."""
 
@@ -127,6 +133,8 @@ class ExamConfig(_Section):
     replicas: int = Field(1, ge=1)
     cpus_per_replica: float = Field(1.0, ge=0)
     gpus_per_replica: float = Field(0.0, ge=0)
+    device: Device = "auto"
+    placement_strategy: Placement = "PACK"  # of the replicas' placement group; SPREAD: one per node
     tensor_parallel_size: int = Field(1, ge=1)
     gpu_memory_utilization: float = Field(0.85, gt=0, le=1)
     max_model_len: int = Field(2048, ge=64)
@@ -175,6 +183,8 @@ class TrainConfig(_Section):
     use_gpu: bool = False
     cpus_per_worker: float = Field(1.0, gt=0)
     resources_per_worker: dict[str, float] = {}
+    device: Device = "auto"
+    placement_strategy: Placement = "PACK"  # of Ray Train's worker placement group; SPREAD: across nodes
     checkpoint_every_steps: int = Field(50, ge=1)
     max_failures: int = Field(2, ge=0)
     threads_per_worker: int | None = Field(None, ge=1)

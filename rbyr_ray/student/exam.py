@@ -26,7 +26,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..config import ExperimentConfig
+from ..config import ExamConfig, ExperimentConfig
+from ..placement import bundle, release, reserve
 from ..tasks.grading import answers_match, extract_answer
 from ..tasks.prompts import student_prefix
 from ..tasks.records import AnswerType, Record
@@ -156,6 +157,13 @@ def _threads(cfg: ExperimentConfig, cluster_cpus: float) -> int:
     return max(1, math.ceil(cfg.exam.cpus_per_replica))
 
 
+def exam_device(ex: ExamConfig) -> str:
+    """"auto": CUDA where GPUs are requested; "cpu" keeps logical GPUs (placement only) on the CPU."""
+    if ex.device == "auto":
+        return "cuda" if ex.gpus_per_replica > 0 else "cpu"
+    return ex.device
+
+
 def _summarize(rows: pd.DataFrame) -> tuple[float, float]:
     if rows.empty:
         return 0.0, 0.0
@@ -172,6 +180,7 @@ def run_exam(records: Sequence[Record], model_path: str, cfg: ExperimentConfig, 
     cfg.student (dtype, cache) and cfg.ray (the cluster). `greedy=True, samples=1` is the evaluation.
     """
     import ray
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
     from ..ray_utils import init_ray
 
@@ -192,25 +201,38 @@ def run_exam(records: Sequence[Record], model_path: str, cfg: ExperimentConfig, 
         # Enough blocks that every replica gets work, each about one batch.
         n_blocks = max(1, min(len(items), max(ex.replicas * 2, math.ceil(len(items) / ex.batch_size))))
         ds = ray.data.from_items(items, override_num_blocks=n_blocks)
-        ds = ds.map_batches(
-            ExamWorker,
-            fn_constructor_kwargs={
-                "engine": ex.engine, "model_dir": model_dir, "dtype": cfg.student.dtype,
-                "max_model_len": ex.max_model_len, "spec": spec, "answer_type": answer_type,
-                "threads": _threads(cfg, cluster_cpus), "device": "cuda" if ex.gpus_per_replica > 0 else "cpu",
-                "tensor_parallel_size": ex.tensor_parallel_size,
-                "gpu_memory_utilization": ex.gpu_memory_utilization, "seed": seed},
-            batch_size=ex.batch_size, batch_format="pandas",
-            compute=ray.data.ActorPoolStrategy(size=ex.replicas),
-            # Fractional CPUs: Ray Data stalls when its actors hold every CPU of the cluster.
-            num_cpus=ex.cpus_per_replica, num_gpus=ex.gpus_per_replica or None,
-        )
-        for batch in ds.iter_batches(batch_size=None, batch_format="pandas"):
-            got.append(batch)
-            tokens += int(batch["n_tokens"].sum())
-            generate_s += float(batch.pop("_gen_s").sum())
-            if progress is not None:
-                progress(ExamProgress(sum(len(b) for b in got), len(items), tokens, time.perf_counter() - start))
+        # The replicas' resources as one placement group: placed together (PACK) or across nodes (SPREAD), and
+        # given back as a whole when the exam ends, before training asks for the same GPUs.
+        share = bundle(ex.cpus_per_replica, ex.gpus_per_replica)
+        pg = reserve([share] * ex.replicas, ex.placement_strategy, "exam") if share else None
+        try:
+            ds = ds.map_batches(
+                ExamWorker,
+                fn_constructor_kwargs={
+                    "engine": ex.engine, "model_dir": model_dir, "dtype": cfg.student.dtype,
+                    "max_model_len": ex.max_model_len, "spec": spec, "answer_type": answer_type,
+                    "threads": _threads(cfg, cluster_cpus), "device": exam_device(ex),
+                    "tensor_parallel_size": ex.tensor_parallel_size,
+                    "gpu_memory_utilization": ex.gpu_memory_utilization, "seed": seed},
+                batch_size=ex.batch_size, batch_format="pandas",
+                compute=ray.data.ActorPoolStrategy(size=ex.replicas),
+                # Fractional CPUs: Ray Data stalls when its actors hold every CPU of the cluster.
+                num_cpus=ex.cpus_per_replica, num_gpus=ex.gpus_per_replica or None,
+                # Ray 2.60 deprecates every way to hand Ray Data a scheduling strategy (removal in 2.64) and names
+                # no replacement for placement groups; this one works up to then.
+                ray_remote_args_fn=(lambda: {"scheduling_strategy": PlacementGroupSchedulingStrategy(pg)})
+                if pg is not None else None,
+            )
+            for batch in ds.iter_batches(batch_size=None, batch_format="pandas"):
+                got.append(batch)
+                tokens += int(batch["n_tokens"].sum())
+                generate_s += float(batch.pop("_gen_s").sum())
+                if progress is not None:
+                    progress(ExamProgress(sum(len(b) for b in got), len(items), tokens,
+                                          time.perf_counter() - start))
+        finally:
+            if pg is not None:
+                release(pg, "exam")  # the engines are gone when run_exam returns (or raises)
     rows = pd.concat(got, ignore_index=True) if got else pd.DataFrame(columns=COLUMNS)
     rows = _complete(rows, items, ex.engine)
     rows["_q"] = rows["id"].map(order)

@@ -27,6 +27,7 @@ import pandas as pd
 import torch
 
 from ..config import ExperimentConfig, TrainConfig
+from ..placement import wait_actors_dead
 from ..ray_utils import init_ray
 from ..student.models import bf16_native
 from .data import collate, question_batches
@@ -176,7 +177,8 @@ def train_loop(config: dict) -> None:
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     torch.set_num_threads(cfg.threads_per_worker or max(1, (os.cpu_count() or 1) // context.get_local_world_size()))
-    device = ray.train.torch.get_device()
+    # device "cpu" with use_gpu: the GPUs Ray reserved are logical (placement tests on a CPU machine).
+    device = ray.train.torch.get_device() if train_device(cfg) == "cuda" else torch.device("cpu")
     amp = autocast_dtype(device, cfg.bf16)
 
     torch.manual_seed(seed)  # the same fresh LoRA on every worker (DDP also broadcasts rank 0's weights)
@@ -256,10 +258,25 @@ def train_loop(config: dict) -> None:
     report(True, {"lm_loss": float(means[-1, 0]), "reflection_loss": float(means[-1, 1]),
                   "epoch_lm_loss": [float(x) for x in means[:, 0]], "steps": total_steps,
                   "tokens": int(all_sum(torch.tensor([tokens], dtype=torch.float64), device).item()),
-                  "train_s": train_s})
+                  "train_s": train_s, "placement_group": _placement_group_id()})
+
+
+def _placement_group_id() -> str | None:
+    """The worker group's placement group, so the driver can wait until its workers are gone."""
+    from ray.util import get_current_placement_group
+
+    pg = get_current_placement_group()
+    return pg.id.hex() if pg is not None else None
 
 
 # ------------------------------------------------------------------------------------------------ the driver
+
+
+def train_device(cfg: TrainConfig) -> str:
+    """"auto": CUDA when the workers ask for GPUs (use_gpu); "cpu" computes on the CPU whatever Ray reserved."""
+    if cfg.device == "auto":
+        return "cuda" if cfg.use_gpu else "cpu"
+    return cfg.device
 
 
 def worker_resources(cfg: TrainConfig) -> dict[str, float]:
@@ -272,7 +289,7 @@ def worker_resources(cfg: TrainConfig) -> dict[str, float]:
 def export_model(state_path: Path, init_model: str, out: Path, cfg: ExperimentConfig) -> Path:
     """The round's weights as one plain HF folder: LoRA merged into the base (or the full weights), in the student
     dtype, with the tokenizer. Both exam engines (transformers, vLLM) load it; the next round starts from it."""
-    from ..student.models import load_tokenizer
+    from ..student.models import load_tokenizer, resolve_dtype
 
     state = torch.load(state_path, weights_only=False)
     model = build_model(init_model, cfg.train)
@@ -283,7 +300,9 @@ def export_model(state_path: Path, init_model: str, out: Path, cfg: ExperimentCo
     model.load_state_dict(weights, strict=False)
     if cfg.train.lora.enabled:
         model = model.merge_and_unload()
-    model = model.to(getattr(torch, cfg.student.dtype))
+    # student.dtype may be "auto": the dtype the exam engines will compute in on the exam's device.
+    exam_device = "cuda" if cfg.exam.gpus_per_replica > 0 and cfg.exam.device != "cpu" else "cpu"
+    model = model.to(getattr(torch, resolve_dtype(cfg.student.dtype, exam_device)))
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
     load_tokenizer(init_model).save_pretrained(out)
@@ -315,9 +334,10 @@ def train_round(train_data_path: str | os.PathLike, init_model: str, out_dir: st
     trainer = TorchTrainer(
         train_loop,
         train_loop_config=config,
-        torch_config=TorchConfig(backend="nccl" if tcfg.use_gpu else "gloo"),
+        torch_config=TorchConfig(backend="nccl" if train_device(tcfg) == "cuda" else "gloo"),
         scaling_config=ray.train.ScalingConfig(num_workers=tcfg.num_workers, use_gpu=tcfg.use_gpu,
-                                               resources_per_worker=worker_resources(tcfg)),
+                                               resources_per_worker=worker_resources(tcfg),
+                                               placement_strategy=tcfg.placement_strategy),
         run_config=ray.train.RunConfig(name="train", storage_path=str(out_dir / "ray_train"),
                                        failure_config=ray.train.FailureConfig(max_failures=tcfg.max_failures),
                                        checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)),
@@ -328,6 +348,10 @@ def train_round(train_data_path: str | os.PathLike, init_model: str, out_dir: st
     metrics = result.metrics or {}
     if result.checkpoint is None or not metrics.get("final"):
         raise RuntimeError(f"training ended without a final checkpoint (metrics: {metrics})")
+    if metrics.get("placement_group"):
+        # Ray Train has removed the group's placement group; its workers must also be gone (GPU memory freed)
+        # before the next stage's exam engines start.
+        wait_actors_dead(metrics["placement_group"], "train")
     with result.checkpoint.as_directory() as folder:
         model_dir = export_model(Path(folder) / STATE_FILE, str(init_model), out_dir / "model", cfg)
     return TrainResult(model_dir=str(model_dir), lm_loss=metrics["lm_loss"], reflection_loss=metrics["reflection_loss"],
