@@ -10,7 +10,7 @@ export WANDB_MODE ?= offline
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup demo test lint clean
+.PHONY: setup demo test test-all lint clean
 
 # Idempotent: the stamp is rebuilt only when pyproject.toml changes, so a second run installs nothing.
 setup: $(STAMP)
@@ -32,7 +32,12 @@ $(STAMP): pyproject.toml Makefile
 demo: setup
 	$(VENV)/bin/rbyr-ray run configs/demo.yaml
 
+# CI's tier: everything but the `heavy` tests (vLLM start-ups, 2-node clusters, sweeps), to stay near 15 minutes.
 test: setup
+	$(VENV)/bin/python -m pytest tests -q -m "not heavy"
+
+# Every test, heavy ones included (about 45 minutes on 2 cores).
+test-all: setup
 	$(VENV)/bin/python -m pytest tests -q
 
 lint: setup

@@ -174,6 +174,7 @@ def test_device_follows_the_gpu_request_unless_pinned():
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_exam_and_training_take_turns_on_logical_gpus(cluster, tmp_path):
     """exam -> train -> eval with every replica and worker holding a (logical) GPU: only 2 exist, so the stages
     can only run if each gives its GPUs back; the state API shows they never overlapped."""
@@ -223,6 +224,7 @@ def test_exam_and_training_take_turns_on_logical_gpus(cluster, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_two_node_experiment_spreads_exam_and_training(cluster, tmp_path):
     """A whole (tiny) experiment through rbyr_ray.run on the cluster: the exam replicas and the training workers
     are spread one per node (STRICT_SPREAD placement groups), and the run directory is complete."""

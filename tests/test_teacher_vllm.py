@@ -25,7 +25,7 @@ from rbyr_ray.teacher.cached import CachedTeacher
 from rbyr_ray.teacher.client import TeacherClient
 from rbyr_ray.teacher.ledger import Ledger
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.heavy]
 ROOT = Path(__file__).resolve().parents[1]
 VLLM_PYTHON = ROOT / ".venv-vllm" / "bin" / "python"
 SERVED_NAME = "smollm2-135m"

@@ -72,6 +72,7 @@ def test_tune_config_validates_keys_and_builds_val_trials(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 @pytest.mark.timeout(1800)
 def test_tiny_sweep_end_to_end(tmp_path):
     import ray

@@ -23,7 +23,7 @@ from rbyr_ray.tasks import load_task
 from rbyr_ray.tasks.prompts import student_prefix
 from rbyr_ray.tasks.records import Record
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.heavy]
 ROOT = Path(__file__).resolve().parents[1]
 TEST = load_task(ExperimentConfig().task).test
 TOO_LONG = Record(id="too-long", question="Mia has 3 apples. " * 600 + "How many apples?", answer="3")
