@@ -23,10 +23,6 @@ def init_ray(cfg: RayConfig | None = None) -> None:
         log.info("joining Ray cluster at %s", address)
         ray.init(address=address, log_to_driver=True)
         return
-    # Workers of a local cluster inherit this process's environment. OpenMP threads that spin while they wait
-    # collapse when a core is shared (a 2-core machine running Ray's own processes next to a stage):
-    # measured 0.6 vs 3.1 GFLOP/s for the student's small matmuls on a busy 2-core machine.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     resources = dict(cfg.resources)
     ray.init(num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus, resources=resources or None,
              include_dashboard=cfg.include_dashboard, log_to_driver=True)
