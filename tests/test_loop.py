@@ -172,7 +172,7 @@ def test_sigkill_during_teacher_and_training_then_resume(job_run: Path, tmp_path
     requests_log = tmp_path / "requests.jsonl"
     # Slow teacher (one request in flight, 1 s each) so the kill lands mid-stage.
     # One round is enough to cover a kill in both the teacher stage and training.
-    slow = ["teacher.latency_ms=1000", "teacher.concurrency=1", "rounds=1"]
+    slow = ["teacher.latency_ms=1000", "teacher.concurrency=1", "rounds=1", "train.checkpoint_every_steps=1"]
     env = _env(RBYR_TEACHER_REQUEST_LOG=str(requests_log))
     cmd = [str(BIN / "rbyr-ray"), "run", str(REPO / "configs/demo.yaml"), *TINY, *slow, "--run-dir", str(run_dir)]
 

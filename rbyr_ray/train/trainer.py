@@ -245,6 +245,10 @@ def train_loop(config: dict) -> None:
         optimizer.zero_grad(set_to_none=True)
         step += 1
         train_s += time.perf_counter() - started
+        if rank == 0 and (step % max(1, total_steps // 10) == 0 or step == total_steps):  # progress, ~10 lines
+            print(f"train step {step}/{total_steps}: lm_loss {out['lm_loss'].item():.4f} "
+                  f"ref_loss {out['ref_loss'].item():.4f}, {train_s / step:.2f} s/step",
+                  flush=True)
         if step % cfg.checkpoint_every_steps == 0 and step < total_steps:
             report(False, {"lm_loss": out["lm_loss"].item(), "ref_loss": out["ref_loss"].item()})
         crash = config.get("crash_file")
