@@ -21,6 +21,9 @@ import pandas as pd
 import pytest
 import yaml
 
+# Two full runs (a Ray job, and one killed twice and resumed): several minutes on 2 cores.
+pytestmark = [pytest.mark.slow, pytest.mark.heavy]
+
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 TINY = [
