@@ -4,7 +4,6 @@ sampling, failure isolation, and `rbyr-ray eval --json`."""
 from __future__ import annotations
 
 import json
-import os
 
 import pandas as pd
 import pytest
@@ -18,19 +17,6 @@ from rbyr_ray.tasks.records import Record
 pytestmark = pytest.mark.slow
 TEST = load_task(ExperimentConfig().task).test
 TOO_LONG = Record(id="too-long", question="Mia has 3 apples. " * 600 + "How many apples?", answer="3")
-
-
-@pytest.fixture(scope="module")
-def ray_cluster():
-    import ray
-
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    if started:
-        ray.shutdown()
 
 
 def small_cfg(**exam) -> ExperimentConfig:

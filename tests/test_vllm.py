@@ -7,7 +7,6 @@ failure with the command that fixes it.
 
 from __future__ import annotations
 
-import os
 import subprocess
 from pathlib import Path
 
@@ -35,19 +34,6 @@ DTYPE = "float32"
 @pytest.fixture(scope="module", autouse=True)
 def needs_vllm():
     assert vllm_available(), "vLLM is not installed: run `make setup` (or scripts/setup_vllm.sh)"
-
-
-@pytest.fixture(scope="module")
-def ray_cluster():
-    import ray
-
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    if started:
-        ray.shutdown()
 
 
 def _group_members(pgid: int) -> list[int]:
