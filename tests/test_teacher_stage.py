@@ -26,19 +26,12 @@ FAST_RETRY = {"retry_backoff_s": 0.01, "retry_backoff_max_s": 0.05}
 
 
 @pytest.fixture(scope="module")
-def ray_cluster():
-    import ray
-
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+def ray_cluster(ray_cluster):
+    """The shared local Ray (conftest.py), with Ray Data's progress bars off for readable test logs."""
     from ray.data import DataContext
 
     DataContext.get_current().enable_progress_bars = False
-    yield ray
-    if started:
-        ray.shutdown()
+    return ray_cluster
 
 
 def test_faulty_server_nothing_lost_nothing_duplicated_and_rerun_is_free(ray_cluster, tmp_path):
