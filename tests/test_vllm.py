@@ -88,3 +88,22 @@ def test_lora_adapter_through_vllm_matches_peft(tmp_path):
     assert peft_out != base_out  # the adapter matters
     assert sum(a == b for a, b in zip(vllm_out, peft_out)) >= 3, (vllm_out, peft_out)
     assert _group_members(group) == []  # the worker took its engine-core processes with it
+
+
+def test_a_killed_worker_takes_its_engine_processes_with_it():
+    """Ray SIGKILLs an exiting actor's child processes: the worker then gets no chance to clean up, and vLLM's
+    engine-core processes (which ignore SIGTERM) must still not outlive it."""
+    import os
+    import signal
+    import time
+
+    engine = VLLMEngine(resolve_model_dir("smollm2-135m", dtype=DTYPE), dtype=DTYPE, max_model_len=512)
+    group = engine._proc.pid
+    assert len(_group_members(group)) >= 3  # worker, its watchdog, the engine core (and its model worker)
+    os.kill(group, signal.SIGKILL)
+    engine._proc.wait()
+    deadline = time.monotonic() + 15
+    while _group_members(group) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert _group_members(group) == []
+    engine._proc = None

@@ -104,6 +104,22 @@ def _end_process_group() -> None:
         os.killpg(os.getpid(), signal.SIGKILL)
 
 
+def _start_group_watchdog() -> None:
+    """Fork (before vLLM starts any thread) a tiny process that outlives this one: when the worker dies by
+    any means, a SIGKILL included (Ray kills an exiting actor's child processes), it takes the group down,
+    else vLLM's engine-core processes live on as orphans and keep spinning on the CPU."""
+    if os.getpgid(0) != os.getpid():
+        return  # not started as a group leader (run by hand): nothing to guard
+    parent = os.getpid()
+    if os.fork() == 0:
+        try:
+            while os.getppid() == parent:
+                time.sleep(1.0)
+            os.killpg(parent, signal.SIGKILL)  # the group keeps the leader's id; this process is in it
+        finally:
+            os._exit(0)
+
+
 def _exit_when_orphaned(parent: int) -> None:
     """If the engine actor dies mid-generation, end the group without waiting for stdin's EOF."""
     while os.getppid() == parent:
@@ -113,6 +129,7 @@ def _exit_when_orphaned(parent: int) -> None:
 
 def serve(config: dict) -> None:
     """The JSON-lines loop (see the module docstring)."""
+    _start_group_watchdog()
     protocol = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)  # everything else that writes to stdout (vLLM logs, subprocesses) goes to stderr
     sys.stdout = sys.stderr
