@@ -119,6 +119,23 @@ def test_batches_never_repeat_a_question(seed):
         assert len({qids[i] for i in batch}) == len(batch)
 
 
+@pytest.mark.parametrize("seed", range(10))
+def test_length_grouped_batches_pad_less_and_still_never_repeat_a_question(seed):
+    rng = random.Random(seed)
+    qids = [f"q{i // 2}" for i in range(160)]  # two items per question, as with k = 2 teacher samples
+    lengths = [rng.randrange(40, 120) for _ in qids]
+
+    def padding(batches):  # padded tokens a batch pays beyond its items' own lengths
+        return sum(len(b) * max(lengths[i] for i in b) - sum(lengths[i] for i in b) for b in batches)
+
+    grouped, plain = question_batches(qids, 8, seed, lengths), question_batches(qids, 8, seed)
+    assert sorted(i for b in grouped for i in b) == list(range(len(qids)))
+    assert all(len({qids[i] for i in b}) == len(b) for b in grouped)
+    assert padding(grouped) < 0.25 * padding(plain)
+    firsts = [min(lengths[i] for i in b) for b in grouped]
+    assert firsts != sorted(firsts)  # the batches still come in random order
+
+
 def test_collate_builds_labels_weights_and_masks(items, tokenizer):
     rows = items.to_dict("records")
     batch = collate([rows[0], rows[2]], tokenizer.pad_token_id, w_prefix=0.1)

@@ -117,15 +117,20 @@ def build_train_items(teacher_rows: pd.DataFrame, mistakes: Mapping[str, Sequenc
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
-def question_batches(ids: Sequence[str], batch_size: int, seed: int) -> list[list[int]]:
+def question_batches(ids: Sequence[str], batch_size: int, seed: int,
+                     lengths: Sequence[int] | None = None) -> list[list[int]]:
     """Shuffled batches of item indices in which no question id occurs twice (METHOD.md, L_ref).
 
     Each item goes to the first batch that has room and lacks its question; batches are then shuffled.
     Every batch is full except where a question has more items than there are other questions to mix in.
+    With `lengths`, items are taken shortest first (ties in random order), so a batch holds similar lengths
+    and pads little; the batches themselves still come in random order.
     """
     rng = random.Random(seed)
     order = list(range(len(ids)))
     rng.shuffle(order)
+    if lengths is not None:
+        order.sort(key=lambda i: lengths[i])  # stable: the shuffle breaks ties
     batches: list[list[int]] = []
     members: list[set[str]] = []
     for index in order:

@@ -60,14 +60,18 @@ class TrainResult:
 # ------------------------------------------------------------------------------------------------ the plan
 
 
-def plan_batches(ids: list[str], cfg: TrainConfig, world: int, seed: int) -> list[tuple[int, list[int]]]:
+def plan_batches(ids: list[str], cfg: TrainConfig, world: int, seed: int,
+                 lengths: list[int] | None = None) -> list[tuple[int, list[int]]]:
     """(epoch, item indices) of every global batch of the run; the same on every worker and after a restart.
 
     `epochs` may be fractional. A batch smaller than the number of workers is dropped (every worker needs
-    an item), and the plan is cut to a whole number of optimizer steps (grad_accum batches each).
+    an item), and the plan is cut to a whole number of optimizer steps (grad_accum batches each). With
+    `cfg.group_by_length`, `lengths` (tokens per item) groups similar lengths into a batch.
     """
+    by_length = lengths if cfg.group_by_length else None
+
     def epoch_batches(epoch: int) -> list[list[int]]:
-        return [b for b in question_batches(ids, cfg.batch_size, seed + epoch) if len(b) >= world]
+        return [b for b in question_batches(ids, cfg.batch_size, seed + epoch, by_length) if len(b) >= world]
 
     per_epoch = len(epoch_batches(0))
     total = max(cfg.grad_accum, round(cfg.epochs * per_epoch)) // cfg.grad_accum * cfg.grad_accum
@@ -187,7 +191,8 @@ def train_loop(config: dict) -> None:
     wrapped = wrap(objective, cfg, device, world)
     optimizer = torch.optim.AdamW([p for p in wrapped.parameters() if p.requires_grad], lr=cfg.lr,
                                   weight_decay=cfg.weight_decay)
-    plan = plan_batches([str(item["id"]) for item in items], cfg, world, seed)
+    plan = plan_batches([str(item["id"]) for item in items], cfg, world, seed,
+                        [len(item["input_ids"]) + len(item["pos_ids"]) + len(item["neg_ids"]) for item in items])
     if not plan:
         raise ValueError(f"{len(items)} items make no batch with an item for each of {world} workers")
     total_steps = len(plan) // cfg.grad_accum
