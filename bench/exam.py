@@ -52,7 +52,7 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--model", default="smollm2-135m")
-    parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--dtype", default="auto")  # bf16 only where the CPU computes it natively
     parser.add_argument("--skip-vllm", action="store_true")
     args = parser.parse_args()
 
