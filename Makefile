@@ -10,7 +10,7 @@ export WANDB_MODE ?= offline
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup demo test test-all lint clean
+.PHONY: study setup demo test test-all lint clean
 
 # Idempotent: the stamp is rebuilt only when pyproject.toml changes, so a second run installs nothing.
 setup: $(STAMP)
@@ -31,6 +31,10 @@ $(STAMP): pyproject.toml Makefile
 
 demo: setup
 	$(VENV)/bin/rbyr-ray run configs/demo.yaml
+
+# The method's effect: Std-CoT vs multi-round vs the full method, 3 seeds on arith (docs/results.md).
+study: setup
+	$(VENV)/bin/rbyr-ray study configs/study_arith.yaml
 
 # CI's tier: everything but the `heavy` tests (vLLM start-ups, 2-node clusters, sweeps), to stay near 15 minutes.
 test: setup

@@ -26,4 +26,11 @@ def tune(tune_config, overrides=(), resume=None):
     return _tune(tune_config, overrides=overrides, resume=resume)
 
 
-__all__ = ["ConfigError", "ExperimentConfig", "__version__", "load_config", "run", "tune"]
+def study(study_config, overrides=()):
+    """Run a study: presets x seeds, compared (see rbyr_ray.study.study.run_study); returns the aggregate."""
+    from .study.study import run_study
+
+    return run_study(study_config, overrides=overrides)
+
+
+__all__ = ["ConfigError", "ExperimentConfig", "__version__", "load_config", "run", "study", "tune"]

@@ -21,6 +21,7 @@ COMMAND_MODULES = [
     "rbyr_ray.student.cli",
     "rbyr_ray.teacher.cli",
     "rbyr_ray.tune.cli",
+    "rbyr_ray.study.cli",
     "rbyr_ray.tasks.cli",
 ]
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,11 +71,44 @@ class RunDir:
             fh.write(json.dumps(entry) + "\n")
         return entry
 
+    def adopt(self, src: RunDir, stages: list[tuple[int, str]]) -> None:
+        """Take over completed stages of another run dir: their files (hard links where the file system
+        allows: stage outputs are never modified in place) and their manifest entries, model paths rewritten."""
+        for k, stage in stages:
+            entry = json.loads(json.dumps(src.done(k, stage)))
+            for name in STAGE_FILES[stage]:
+                source, target = src.path / f"round_{k}" / name, self.round_dir(k) / name
+                if source.is_dir():
+                    shutil.copytree(source, target, copy_function=_link_or_copy, dirs_exist_ok=True)
+                elif source.exists():
+                    _link_or_copy(source, target)
+            if "model_dir" in entry["metrics"]:
+                entry["metrics"]["model_dir"] = str((self.round_dir(k) / "model").resolve())
+            entry["adopted_from"] = str(src.path)
+            self.manifest["stages"][f"round_{k}/{stage}"] = entry
+            _atomic_write(self.path / "manifest.json", json.dumps(self.manifest, indent=1))
+            with open(self.path / "metrics.jsonl", "a") as fh:
+                fh.write(json.dumps(entry) + "\n")
+
     def rounds(self) -> list[int]:
         return sorted({e["round"] for e in self.manifest["stages"].values()})
 
     def write_summary(self, summary: dict) -> None:
         _atomic_write(self.path / "summary.json", json.dumps(summary, indent=1))
+
+
+# The files each stage writes into round_<k>/ (what another run needs to take the stage over).
+STAGE_FILES = {"exam": ["exam.parquet"], "teacher": ["teacher.parquet"], "train_data": ["train_data.parquet"],
+               "train": ["model"], "eval": ["eval.parquet"]}
+
+
+def _link_or_copy(source, target) -> None:
+    if os.path.exists(target):
+        os.remove(target)
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
 
 
 def load_run_config(path: str | os.PathLike) -> ExperimentConfig:

@@ -1,0 +1,76 @@
+"""Forking a run: a new run dir that takes over the stages an earlier run computed exactly as it would.
+
+    stages = fork_run("runs/study/full/seed_0", cfg_multiround, "runs/study/multi-round/seed_0")
+    rbyr_ray.run(cfg_multiround, run_dir="runs/study/multi-round/seed_0")   # continues after those stages
+
+Presets that differ only in the reflection loss (or the number of rounds) share their first stages: the
+untuned evaluation, round 1 (which has no student mistakes when there is no round-0 exam, so lambda cannot
+act on it), and a later round's exam, teacher and training data. A stage is shared only if every input it
+has is the same: the configs are equal outside the keys below, and the model it starts from was shared.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ..config import ExperimentConfig
+from .rundir import RunDir, load_run_config
+
+# Keys that never change what a stage computes (bookkeeping), and the loss-only reflection keys.
+_BOOKKEEPING = {"name": True, "run_dir": True, "rounds": True, "patience": True, "tracking": True}
+_LOSS_ONLY = {"weight", "margin", "pooling"}
+_ROUND_STAGES = ["exam", "teacher", "train_data", "train", "eval"]
+
+
+def shareable_stages(cfg: ExperimentConfig, src_cfg: ExperimentConfig, src: RunDir) -> list[tuple[int, str]]:
+    """The completed stages of `src` (in loop order) that a run of `cfg` would compute identically."""
+    # Where teacher answers are cached does not change them (the ledger is content-addressed).
+    exclude = {**_BOOKKEEPING, "teacher": {"ledger"}, "train": {"reflection": _LOSS_ONLY}}
+    if cfg.model_dump(exclude=exclude) != src_cfg.model_dump(exclude=exclude):
+        return []
+    same_loss = cfg.train.reflection == src_cfg.train.reflection
+    shared: list[tuple[int, str]] = []
+    for k in range(min(cfg.rounds, src_cfg.rounds) + 1):
+        # Round 1 learns from round 0's exam (if any) and has none of its own.
+        for stage in (["exam", "eval"] if k == 0 else _ROUND_STAGES[1:] if k == 1 else _ROUND_STAGES):
+            entry = src.done(k, stage)
+            if entry is None:
+                if k == 0 and stage == "exam":
+                    continue  # no round-0 exam in either config (the configs are equal there)
+                return shared
+            # Training differs only if lambda can act: some item has a positive and a negative.
+            if stage == "train" and not same_loss and not (cfg.train.reflection.weight == src_cfg.train.reflection.weight == 0):
+                triplets = (src.done(k, "train_data") or {}).get("metrics", {}).get("items_with_triplet", 1)
+                if triplets > 0:
+                    return shared
+            shared.append((k, stage))
+    return shared
+
+
+def fork_run(src_dir: str | os.PathLike, cfg: ExperimentConfig, dst_dir: str | os.PathLike) -> list[tuple[int, str]]:
+    """Create (or extend) the run dir `dst_dir` for `cfg` with the stages of `src_dir` it can share."""
+    src_cfg = load_run_config(src_dir)
+    src = RunDir.create_or_resume(src_dir, src_cfg)
+    dst = RunDir.create_or_resume(dst_dir, cfg)
+    shared = shareable_stages(cfg, src_cfg, src)
+    done = [(e["round"], e["stage"]) for e in dst.manifest["stages"].values()]
+    # Only onto a prefix of the shared stages (a fresh run dir, or one whose adoption was interrupted):
+    # a stage this run computed itself means its later stages must be computed here too.
+    if done != shared[:len(done)]:
+        return []
+    dst.adopt(src, shared[len(done):])
+    return shared[len(done):]
+
+
+def best_source(candidates: list[str | os.PathLike], cfg: ExperimentConfig) -> Path | None:
+    """Of finished or partial run dirs, the one sharing the most stages with a run of `cfg`."""
+    best, best_n = None, 0
+    for path in candidates:
+        if not (Path(path) / "config.yaml").exists():
+            continue
+        src_cfg = load_run_config(path)
+        n = len(shareable_stages(cfg, src_cfg, RunDir.create_or_resume(path, src_cfg)))
+        if n > best_n:
+            best, best_n = Path(path), n
+    return best

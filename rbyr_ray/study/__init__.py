@@ -1,0 +1,1 @@
+"""Studies: experiment presets x seeds, compared (see study.py)."""

@@ -1,0 +1,154 @@
+"""A study's results from its run dirs' summaries: per-preset accuracy per round (mean ± std over seeds),
+paired gaps between presets, budgets (training tokens, teacher requests, wall time), a plot and a markdown
+report. Everything is rebuilt from the run dirs, so `rbyr-ray study CONFIG --report` redraws a finished study.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from pathlib import Path
+
+from .study import StudySpec
+
+# Two-sided 95% critical values of Student's t by degrees of freedom (paired gaps over n seeds: n - 1 df).
+_T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def _run_tokens(run_dir: Path) -> int:
+    """Training tokens of a run: anchor tokens, plus positive/negative tokens where the reflection loss used them."""
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    return sum(int(e["metrics"].get("tokens", 0)) for e in manifest["stages"].values() if e["stage"] == "train")
+
+
+def collect(spec: StudySpec) -> dict:
+    """{preset: {seed: summary + train_tokens}} for every run dir with a summary."""
+    runs: dict[str, dict[int, dict]] = {}
+    for preset in spec.presets:
+        for seed in spec.seeds:
+            path = spec.run_dir(preset, seed) / "summary.json"
+            if path.exists():
+                summary = json.loads(path.read_text())
+                summary["train_tokens"] = _run_tokens(path.parent)
+                runs.setdefault(preset, {})[seed] = summary
+    return runs
+
+
+def _accuracy(summary: dict, k: int) -> float | None:
+    return next((r["test_accuracy"] for r in summary["rounds"] if r["round"] == k), None)
+
+
+def aggregate(spec: StudySpec, runs: dict) -> dict:
+    presets = {}
+    for preset, by_seed in runs.items():
+        max_round = max(max(r["round"] for r in s["rounds"]) for s in by_seed.values())
+        per_round = {}
+        for k in range(max_round + 1):
+            values = [a for s in by_seed.values() if (a := _accuracy(s, k)) is not None]
+            if values:
+                mean, std = _mean_std(values)
+                per_round[k] = {"mean": mean, "std": std, "n": len(values)}
+        finals = {seed: s["final_test_accuracy"] for seed, s in by_seed.items() if s["final_test_accuracy"] is not None}
+        requests = [sum((r.get("teacher_requests") or 0) + (r.get("teacher_ledger_hits") or 0) for r in s["rounds"])
+                    for s in by_seed.values()]
+        presets[preset] = {
+            "per_round": per_round, "final": finals,
+            "final_mean_std": _mean_std(list(finals.values())) if finals else None,
+            "train_tokens": _mean_std([s["train_tokens"] for s in by_seed.values()]),
+            "teacher_requests": _mean_std(requests),
+            "wall_s": _mean_std([s["total_wall_s"] for s in by_seed.values()]),
+            "seeds": sorted(by_seed),
+        }
+    untuned = [a for by_seed in runs.values() for s in by_seed.values() if (a := s.get("untuned_test_accuracy")) is not None]
+    return {"presets": presets, "untuned": _mean_std(untuned) if untuned else None, "gaps": _paired_gaps(presets)}
+
+
+def _paired_gaps(presets: dict) -> list[dict]:
+    """Final-accuracy gap of every preset pair, paired by seed (same seed = same untuned start, same round 1)."""
+    names, gaps = list(presets), []
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            seeds = sorted(set(presets[a]["final"]) & set(presets[b]["final"]))
+            diffs = [presets[b]["final"][s] - presets[a]["final"][s] for s in seeds]
+            if not diffs:
+                continue
+            mean, std = _mean_std(diffs)
+            n = len(diffs)
+            t = mean / (std / math.sqrt(n)) if n > 1 and std > 0 else (math.inf if mean else 0.0)
+            critical = _T95.get(n - 1, 1.96) if n > 1 else math.inf
+            gaps.append({"a": a, "b": b, "n": n, "mean": mean, "std": std, "t": t, "critical": critical,
+                         "outside_noise": n > 1 and abs(t) > critical})
+    return gaps
+
+
+def _pm(ms: tuple[float, float] | None, scale: float = 100.0, digits: int = 1) -> str:
+    if ms is None:
+        return "-"
+    return f"{ms[0] * scale:.{digits}f} ± {ms[1] * scale:.{digits}f}"
+
+
+def to_markdown(spec: StudySpec, agg: dict, study_wall_s: float | None = None) -> str:
+    presets = agg["presets"]
+    max_round = max((max(p["per_round"]) for p in presets.values()), default=0)
+    lines = [f"# Study `{spec.name}`: test accuracy (%) per round, mean ± std over seeds", ""]
+    lines.append("| preset | seeds | " + " | ".join(f"round {k}" for k in range(max_round + 1)) + " | final |")
+    lines.append("|---|---|" + "---|" * (max_round + 2))
+    for name, p in presets.items():
+        cells = [_pm((p["per_round"][k]["mean"], p["per_round"][k]["std"])) if k in p["per_round"] else "-"
+                 for k in range(max_round + 1)]
+        lines.append(f"| {name} | {len(p['seeds'])} | " + " | ".join(cells) + f" | {_pm(p['final_mean_std'])} |")
+    lines += ["", f"Round 0 is the untuned student: {_pm(agg['untuned'])} %.", "",
+              "## Budgets per run (mean ± std over seeds)", "",
+              "| preset | training tokens | teacher requests | wall time (s, stages) |", "|---|---|---|---|"]
+    for name, p in presets.items():
+        tok, req, wall = p["train_tokens"], p["teacher_requests"], p["wall_s"]
+        lines.append(f"| {name} | {tok[0]:,.0f} ± {tok[1]:,.0f} | {req[0]:.0f} ± {req[1]:.0f} | "
+                     f"{wall[0]:.0f} ± {wall[1]:.0f} |")
+    lines += ["", ("Wall time and teacher requests count every stage of a run, including stages computed once and "
+                   "shared by presets with the same seed (what a standalone run would cost).")]
+    if study_wall_s is not None:
+        lines.append(f"The whole study took {study_wall_s / 60:.1f} min of wall time in this invocation.")
+    lines += ["", "## Paired gaps in final test accuracy (points; b − a, paired by seed)", "",
+              "| a | b | seeds | gap mean ± std | t | outside seed noise (95%) |", "|---|---|---|---|---|---|"]
+    for g in agg["gaps"]:
+        lines.append(f"| {g['a']} | {g['b']} | {g['n']} | {g['mean'] * 100:+.1f} ± {g['std'] * 100:.1f} | "
+                     f"{g['t']:.2f} | {'yes' if g['outside_noise'] else 'no'} (|t| > {g['critical']:.2f}) |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(agg: dict, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, p in agg["presets"].items():
+        ks = sorted(p["per_round"])
+        ax.errorbar(ks, [p["per_round"][k]["mean"] * 100 for k in ks], yerr=[p["per_round"][k]["std"] * 100 for k in ks],
+                    marker="o", capsize=3, label=name)
+    if agg["untuned"] is not None:
+        ax.axhline(agg["untuned"][0] * 100, color="gray", linestyle="--", label="untuned")
+    ax.set_xlabel("round")
+    ax.set_ylabel("test accuracy (%)")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def write_results(spec: StudySpec, study_wall_s: float | None = None) -> dict:
+    agg = aggregate(spec, collect(spec))
+    out = spec.out_dir()
+    (out / "results.md").write_text(to_markdown(spec, agg, study_wall_s) + "\n![accuracy per round](results.png)\n")
+    plot(agg, out / "results.png")
+    serial = json.loads(json.dumps(agg, default=lambda v: list(v) if isinstance(v, tuple) else str(v)))
+    (out / "results.json").write_text(json.dumps(serial, indent=1))
+    return agg

@@ -1,0 +1,175 @@
+"""Studies: forking run dirs at the stages two presets compute identically, and the study's statistics.
+
+The fork tests build run dirs with real files and manifests (what the loop writes), without running models;
+the last test runs a tiny real study (heavy tier).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from rbyr_ray.config import ConfigError, load_config
+from rbyr_ray.loop.fork import fork_run, shareable_stages
+from rbyr_ray.loop.rundir import RunDir, load_run_config
+from rbyr_ray.study.results import aggregate, to_markdown
+from rbyr_ray.study.study import StudySpec, load_study
+
+REPO = Path(__file__).resolve().parents[1]
+FULL = ["train.reflection.weight=0.5", "rounds=2"]
+
+
+def _source_run(path: Path, triplets_round1: int = 0, overrides=FULL) -> RunDir:
+    """A finished 2-round run dir as the loop leaves it: stage files, then the manifest entry."""
+    cfg = load_config(REPO / "configs/demo.yaml", overrides)
+    rd = RunDir.create_or_resume(path, cfg)
+    stages = [(0, "eval"), (1, "teacher"), (1, "train_data"), (1, "train"), (1, "eval"),
+              (2, "exam"), (2, "teacher"), (2, "train_data"), (2, "train"), (2, "eval")]
+    for k, stage in stages:
+        d = rd.round_dir(k)
+        metrics: dict = {"accuracy": 0.1 * k} if stage == "eval" else {}
+        if stage == "train":
+            (d / "model").mkdir()
+            (d / "model" / "model.safetensors").write_bytes(f"weights of round {k}".encode())
+            metrics = {"model_dir": str((d / "model").resolve()), "tokens": 1000 * k}
+        else:
+            (d / f"{stage}.parquet").write_text(f"{stage} of round {k}")
+        if stage == "train_data":
+            metrics = {"items": 10, "items_with_triplet": triplets_round1 if k == 1 else 6}
+        rd.record(k, stage, metrics, wall_s=1.0 + k)
+    return rd
+
+
+def test_lambda_only_presets_share_round_1_and_round_2_data(tmp_path: Path):
+    src = _source_run(tmp_path / "full")
+    multi = load_config(REPO / "configs/demo.yaml", ["train.reflection.weight=0.0", "rounds=2"])
+    shared = shareable_stages(multi, load_run_config(src.path), src)
+    assert shared == [(0, "eval"), (1, "teacher"), (1, "train_data"), (1, "train"), (1, "eval"),
+                      (2, "exam"), (2, "teacher"), (2, "train_data")]  # round 2 trains on triplets: lambda acts
+
+    taken = fork_run(src.path, multi, tmp_path / "multi")
+    assert taken == shared
+    dst = RunDir.create_or_resume(tmp_path / "multi", multi)
+    model = tmp_path / "multi/round_1/model/model.safetensors"
+    assert model.read_bytes() == b"weights of round 1"
+    assert os.path.samefile(model, tmp_path / "full/round_1/model/model.safetensors")  # a hard link, not a copy
+    assert dst.done(1, "train")["metrics"]["model_dir"] == str((tmp_path / "multi/round_1/model").resolve())
+    assert dst.done(1, "train")["adopted_from"] == str(src.path)
+    assert dst.done(2, "train") is None and not (tmp_path / "multi/round_2/model").exists()
+    assert (tmp_path / "multi/round_2/train_data.parquet").read_text() == "train_data of round 2"
+
+
+def test_one_round_preset_shares_everything_up_to_its_last_round(tmp_path: Path):
+    src = _source_run(tmp_path / "full")
+    std_cot = load_config(REPO / "configs/baselines/std_cot.yaml")
+    assert shareable_stages(std_cot, load_run_config(src.path), src) == [
+        (0, "eval"), (1, "teacher"), (1, "train_data"), (1, "train"), (1, "eval")]
+
+
+def test_round_1_triplets_make_lambda_matter_there(tmp_path: Path):
+    src = _source_run(tmp_path / "full", triplets_round1=3)
+    multi = load_config(REPO / "configs/demo.yaml", ["train.reflection.weight=0.0", "rounds=2"])
+    assert shareable_stages(multi, load_run_config(src.path), src)[-1] == (1, "train_data")
+
+
+def test_any_other_difference_shares_nothing(tmp_path: Path):
+    src = _source_run(tmp_path / "full")
+    for override in ["train.lr=1e-4", "seed=1", "exam.samples=3", "train.reflection.max_negatives=1"]:
+        other = load_config(REPO / "configs/demo.yaml", [*FULL, override])
+        assert shareable_stages(other, load_run_config(src.path), src) == [], override
+
+
+def test_fork_never_overwrites_a_stage_the_run_computed_itself(tmp_path: Path):
+    src = _source_run(tmp_path / "full")
+    multi = load_config(REPO / "configs/demo.yaml", ["train.reflection.weight=0.0", "rounds=2"])
+    own = RunDir.create_or_resume(tmp_path / "multi", multi)
+    (own.round_dir(0) / "eval.parquet").write_text("computed here")
+    own.record(0, "eval", {"accuracy": 0.05}, 3.0)
+    own.record(1, "teacher", {}, 3.0)  # ... and round 1 too: not a prefix of what the source can give
+    own.record(1, "eval", {"accuracy": 0.5}, 3.0)
+    assert fork_run(src.path, multi, tmp_path / "multi") == []
+    assert (tmp_path / "multi/round_0/eval.parquet").read_text() == "computed here"
+
+
+def _summary(untuned: float, accs: list[float], tokens: int) -> dict:
+    rounds = [{"round": 0, "test_accuracy": untuned}] + [
+        {"round": k, "test_accuracy": a, "teacher_requests": 10, "teacher_ledger_hits": 5} for k, a in enumerate(accs, 1)]
+    return {"untuned_test_accuracy": untuned, "final_test_accuracy": accs[-1], "total_wall_s": 100.0 * len(accs),
+            "rounds": rounds, "train_tokens": tokens}
+
+
+def test_study_statistics_are_per_round_means_and_paired_gaps(tmp_path: Path):
+    spec = StudySpec(name="s", out=str(tmp_path), seeds=[0, 1, 2], presets={"a": "x.yaml", "b": "y.yaml"})
+    runs = {"a": {0: _summary(0.05, [0.40], 100), 1: _summary(0.05, [0.44], 100), 2: _summary(0.05, [0.42], 100)},
+            "b": {0: _summary(0.05, [0.40, 0.50], 300), 1: _summary(0.05, [0.44, 0.55], 300),
+                  2: _summary(0.05, [0.42, 0.54], 300)}}
+    agg = aggregate(spec, runs)
+    a, b = agg["presets"]["a"], agg["presets"]["b"]
+    assert a["per_round"][1]["mean"] == pytest.approx(0.42) and a["per_round"][1]["std"] == pytest.approx(0.02)
+    assert b["per_round"][2]["mean"] == pytest.approx(0.53)
+    assert agg["untuned"] == (pytest.approx(0.05), 0.0)
+    assert b["teacher_requests"][0] == 30 and b["train_tokens"][0] == 300
+    (gap,) = agg["gaps"]
+    diffs = [0.10, 0.11, 0.12]  # b - a per seed
+    assert gap["mean"] == pytest.approx(0.11) and gap["std"] == pytest.approx(0.01)
+    assert gap["t"] == pytest.approx(0.11 / (0.01 / math.sqrt(3))) and gap["outside_noise"] is True
+    assert sum(diffs) / 3 == pytest.approx(gap["mean"])
+    text = to_markdown(spec, agg)
+    assert "| b | 3 | 5.0 ± 0.0 | 42.0 ± 2.0 | 53.0 ± 2.6 | 53.0 ± 2.6 |" in text
+    assert "| a | b | 3 | +11.0 ± 1.0 |" in text
+
+
+def test_a_gap_inside_seed_noise_is_called_so(tmp_path: Path):
+    spec = StudySpec(name="s", out=str(tmp_path), seeds=[0, 1, 2], presets={"a": "x.yaml", "b": "y.yaml"})
+    runs = {"a": {s: _summary(0.05, [acc], 1) for s, acc in enumerate([0.40, 0.50, 0.45])},
+            "b": {s: _summary(0.05, [acc], 1) for s, acc in enumerate([0.48, 0.46, 0.47])}}
+    (gap,) = aggregate(spec, runs)["gaps"]
+    assert gap["outside_noise"] is False and abs(gap["t"]) < gap["critical"]
+
+
+def test_study_config_errors_name_the_file_and_preset(tmp_path: Path):
+    bad = tmp_path / "study.yaml"
+    bad.write_text(yaml.safe_dump({"presets": {"full": "nope.yaml"}}))
+    with pytest.raises(ConfigError, match=r"study.yaml: presets.full: .*nope.yaml"):
+        load_study(bad)
+    bad.write_text(yaml.safe_dump({"presets": {"full": str(REPO / "configs/demo.yaml")}, "seed": [0]}))
+    with pytest.raises(ConfigError, match=r"study.yaml: invalid study config:\n  seed: Extra inputs"):
+        load_study(bad)
+    spec = load_study(REPO / "configs/study_arith.yaml")
+    assert list(spec.presets) == ["std-cot", "multi-round", "full"] and spec.seeds == [0, 1, 2]
+    cfgs = {name: spec.experiment(name, 1) for name in spec.presets}
+    assert cfgs["std-cot"].rounds == 1 and cfgs["std-cot"].train.reflection.weight == 0
+    assert cfgs["full"].train.reflection.weight == 0.5 and cfgs["full"].seed == 1
+    assert len({c.teacher.ledger for c in cfgs.values()}) == 1  # one ledger for the study
+
+
+@pytest.mark.slow
+@pytest.mark.heavy
+def test_tiny_study_end_to_end(tmp_path: Path):
+    """Two presets x one seed, real runs: std-cot takes over round 0-1 of the full run, results are written."""
+    tiny = ["task.arith.n_train=8", "task.arith.n_test=8", "task.arith.max_steps=1", "exam.max_new_tokens=16",
+            "eval.max_new_tokens=16", "train.batch_size=4", "train.lora.r=4", "tracking.wandb=false"]
+    study = tmp_path / "study.yaml"
+    study.write_text(yaml.safe_dump({
+        "name": "tiny", "out": str(tmp_path / "out"), "seeds": [0], "overrides": tiny,
+        "presets": {"full": str(REPO / "configs/demo.yaml"), "std-cot": str(REPO / "configs/baselines/std_cot.yaml")}}))
+    env = dict(os.environ, RAY_AUTH_MODE="disabled", WANDB_MODE="offline", HF_HUB_OFFLINE="1")
+    proc = subprocess.run([str(Path(sys.executable).parent / "rbyr-ray"), "study", str(study)], env=env,
+                          capture_output=True, text=True, timeout=1500, cwd=REPO, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    manifest = json.loads((tmp_path / "out/std-cot/seed_0/manifest.json").read_text())
+    adopted = {key for key, e in manifest["stages"].items() if e.get("adopted_from")}
+    assert adopted == {"round_0/eval", "round_1/teacher", "round_1/train_data", "round_1/train", "round_1/eval"}
+    full = json.loads((tmp_path / "out/full/seed_0/summary.json").read_text())
+    std = json.loads((tmp_path / "out/std-cot/seed_0/summary.json").read_text())
+    assert std["final_test_accuracy"] == full["rounds"][1]["test_accuracy"]
+    results = (tmp_path / "out/results.md").read_text()
+    assert "| full | 1 |" in results and "| std-cot | 1 |" in results
+    assert (tmp_path / "out/results.png").stat().st_size > 1000
