@@ -114,10 +114,11 @@ def to_markdown(spec: StudySpec, agg: dict, study_wall_s: float | None = None) -
     if study_wall_s is not None:
         lines.append(f"The whole study took {study_wall_s / 60:.1f} min of wall time in this invocation.")
     lines += ["", "## Paired gaps in final test accuracy (points; b − a, paired by seed)", "",
-              "| a | b | seeds | gap mean ± std | t | outside seed noise (95%) |", "|---|---|---|---|---|---|"]
+              "| a | b | seeds | gap mean ± std | paired t | critical t (95%) | outside seed noise |",
+              "|---|---|---|---|---|---|---|"]
     for g in agg["gaps"]:
         lines.append(f"| {g['a']} | {g['b']} | {g['n']} | {g['mean'] * 100:+.1f} ± {g['std'] * 100:.1f} | "
-                     f"{g['t']:.2f} | {'yes' if g['outside_noise'] else 'no'} (|t| > {g['critical']:.2f}) |")
+                     f"{g['t']:.2f} | {g['critical']:.2f} | {'yes' if g['outside_noise'] else 'no'} |")
     return "\n".join(lines) + "\n"
 
 
@@ -134,7 +135,9 @@ def plot(agg: dict, path: Path) -> Path:
                     marker="o", capsize=3, label=name)
     if agg["untuned"] is not None:
         ax.axhline(agg["untuned"][0] * 100, color="gray", linestyle="--", label="untuned")
-    ax.set_xlabel("round")
+    rounds = sorted({k for p in agg["presets"].values() for k in p["per_round"]})
+    ax.set_xticks(rounds)
+    ax.set_xlabel("round (0 = untuned)")
     ax.set_ylabel("test accuracy (%)")
     ax.legend()
     ax.grid(alpha=0.3)
