@@ -168,7 +168,8 @@ class TrainConfig(_Section):
     epochs: float = Field(2.0, gt=0)
     batch_size: int = Field(8, ge=1)
     grad_accum: int = Field(1, ge=1)
-    # Batches of similar lengths (HF Trainer's group_by_length): on CPU, padding is paid in full.
+    # Batches of similar lengths (HF Trainer's group_by_length): on CPU, padding is paid in full. Items of one
+    # question never share a batch, so an epoch may get a partial batch more than with random batches.
     group_by_length: bool = True
     warmup_steps: int = Field(5, ge=0)
     schedule: Literal["constant", "linear"] = "constant"  # after warmup
