@@ -81,9 +81,15 @@ def test_round_1_triplets_make_lambda_matter_there(tmp_path: Path):
 
 def test_any_other_difference_shares_nothing(tmp_path: Path):
     src = _source_run(tmp_path / "full")
-    for override in ["train.lr=1e-4", "seed=1", "exam.samples=3", "train.reflection.max_negatives=1"]:
+    for override in ["train.lr=1e-4", "exam.samples=3", "train.reflection.max_negatives=1"]:
         other = load_config(REPO / "configs/demo.yaml", [*FULL, override])
         assert shareable_stages(other, load_run_config(src.path), src) == [], override
+
+
+def test_another_seed_shares_only_the_untuned_greedy_evaluation(tmp_path: Path):
+    src = _source_run(tmp_path / "full")
+    other_seed = load_config(REPO / "configs/demo.yaml", [*FULL, "seed=1"])
+    assert shareable_stages(other_seed, load_run_config(src.path), src) == [(0, "eval")]
 
 
 def test_fork_never_overwrites_a_stage_the_run_computed_itself(tmp_path: Path):

@@ -7,6 +7,7 @@ Presets that differ only in the reflection loss (or the number of rounds) share 
 untuned evaluation, round 1 (which has no student mistakes when there is no round-0 exam, so lambda cannot
 act on it), and a later round's exam, teacher and training data. A stage is shared only if every input it
 has is the same: the configs are equal outside the keys below, and the model it starts from was shared.
+Runs that differ in the seed as well share only the untuned evaluation (greedy, so seed-independent).
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ def shareable_stages(cfg: ExperimentConfig, src_cfg: ExperimentConfig, src: RunD
     # Where teacher answers are cached does not change them (the ledger is content-addressed).
     exclude = {**_BOOKKEEPING, "teacher": {"ledger"}, "train": {"reflection": _LOSS_ONLY}}
     if cfg.model_dump(exclude=exclude) != src_cfg.model_dump(exclude=exclude):
+        # The untuned student's evaluation is greedy: the seed cannot change it.
+        if cfg.model_dump(exclude={**exclude, "seed": True}) == src_cfg.model_dump(exclude={**exclude, "seed": True}):
+            return [(0, "eval")] if src.done(0, "eval") is not None else []
         return []
     same_loss = cfg.train.reflection == src_cfg.train.reflection
     shared: list[tuple[int, str]] = []
