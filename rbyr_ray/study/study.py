@@ -93,7 +93,8 @@ def run_study(config: str | os.PathLike | StudySpec, overrides: list[str] | tupl
         if (run_dir / "summary.json").exists() and _finished(run_dir, cfg):
             log.info("study %s: [%d/%d] %s seed %d finished earlier", spec.name, i, total, preset, seed)
             continue
-        others = [spec.run_dir(p, seed) for p in spec.presets if p != preset]
+        # Any earlier run may give stages: same seed (round 1 and more), another seed (the untuned evaluation).
+        others = [spec.run_dir(p, s) for s in spec.seeds for p in spec.presets if (p, s) != (preset, seed)]
         source = best_source(others, cfg)
         if source is not None:
             shared = fork_run(source, cfg, run_dir)
