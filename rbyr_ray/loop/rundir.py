@@ -65,7 +65,11 @@ class RunDir:
     def record(self, k: int, stage: str, metrics: dict, wall_s: float) -> dict:
         entry = {"round": k, "stage": stage, "wall_s": round(wall_s, 2), "metrics": metrics,
                  "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        self.manifest["stages"][f"round_{k}/{stage}"] = entry
+        return self._store(entry)
+
+    def _store(self, entry: dict) -> dict:
+        """A completed stage into the manifest (atomically) and metrics.jsonl."""
+        self.manifest["stages"][f"round_{entry['round']}/{entry['stage']}"] = entry
         _atomic_write(self.path / "manifest.json", json.dumps(self.manifest, indent=1))
         with open(self.path / "metrics.jsonl", "a") as fh:
             fh.write(json.dumps(entry) + "\n")
@@ -85,10 +89,7 @@ class RunDir:
             if "model_dir" in entry["metrics"]:
                 entry["metrics"]["model_dir"] = str((self.round_dir(k) / "model").resolve())
             entry["adopted_from"] = str(src.path)
-            self.manifest["stages"][f"round_{k}/{stage}"] = entry
-            _atomic_write(self.path / "manifest.json", json.dumps(self.manifest, indent=1))
-            with open(self.path / "metrics.jsonl", "a") as fh:
-                fh.write(json.dumps(entry) + "\n")
+            self._store(entry)
 
     def rounds(self) -> list[int]:
         return sorted({e["round"] for e in self.manifest["stages"].values()})

@@ -19,16 +19,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_study(args: argparse.Namespace) -> int:
-    from ..config import parse_override
     from .results import to_markdown, write_results
     from .study import load_study, run_study
 
-    study_keys = {"seeds", "out", "name"}
-    own = [o for o in args.overrides if parse_override(o)[0][0] in study_keys]
-    spec = load_study(args.study_config, [o for o in args.overrides if o not in own])
-    for text in own:
-        path, value = parse_override(text)
-        setattr(spec, path[0], value)
+    spec = load_study(args.study_config, args.overrides)
     agg = write_results(spec) if args.report else run_study(spec)
     print(to_markdown(spec, agg))
     print(f"written: {spec.out_dir() / 'results.md'}, results.png, results.json")

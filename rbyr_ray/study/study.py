@@ -28,9 +28,12 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ..config import ConfigError, ExperimentConfig, load_config
+from ..config import ConfigError, ExperimentConfig, load_config, parse_override
 
 log = logging.getLogger(__name__)
+
+
+STUDY_KEYS = {"seeds", "out", "name"}
 
 
 class StudySpec(BaseModel):
@@ -63,7 +66,15 @@ def load_study(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] =
     data = yaml.safe_load(p.read_text()) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping")
-    data["overrides"] = [*data.get("overrides", []), *overrides]
+    # `seeds=[0,1]`, `out=DIR`, `name=N` set the study itself; every other key=value each preset's experiment.
+    experiment = []
+    for text in overrides:
+        keys, value = parse_override(text)
+        if keys[0] in STUDY_KEYS and len(keys) == 1:
+            data[keys[0]] = value
+        else:
+            experiment.append(text)
+    data["overrides"] = [*data.get("overrides", []), *experiment]
     try:
         spec = StudySpec(**data, source=str(p))
     except ValidationError as exc:
