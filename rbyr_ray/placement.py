@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,9 @@ def reserve(bundles: list[dict[str, float]], strategy: str, what: str, timeout_s
     import ray
     from ray.util.placement_group import placement_group, remove_placement_group
 
-    pg = placement_group(bundles, strategy=strategy, name=f"rbyr-{what}")
+    # Named for the dashboard, unique: concurrent Tune trials reserve at once, and a trial killed mid-stage
+    # (Ctrl-C on a sweep) leaves its group behind until the driver exits; Ray rejects a second group of a name.
+    pg = placement_group(bundles, strategy=strategy, name=f"rbyr-{what}-{uuid.uuid4().hex[:8]}")
     start = time.monotonic()
     while True:
         ready, _ = ray.wait([pg.ready()], timeout=30)

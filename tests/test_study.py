@@ -43,6 +43,8 @@ def _source_run(path: Path, triplets_round1: int = 0, overrides=FULL) -> RunDir:
             (d / f"{stage}.parquet").write_text(f"{stage} of round {k}")
         if stage == "train_data":
             metrics = {"items": 10, "items_with_triplet": triplets_round1 if k == 1 else 6}
+        if stage == "teacher":
+            metrics = {"teacher_requests": 10 * k, "teacher_ledger_hits": k}
         rd.record(k, stage, metrics, wall_s=1.0 + k)
     return rd
 
@@ -79,9 +81,14 @@ def test_round_1_triplets_make_lambda_matter_there(tmp_path: Path):
     assert shareable_stages(multi, load_run_config(src.path), src)[-1] == (1, "train_data")
 
 
-def test_any_other_difference_shares_nothing(tmp_path: Path):
+def test_any_other_difference_shares_only_what_round_0_computes_alike(tmp_path: Path):
     src = _source_run(tmp_path / "full")
-    for override in ["train.lr=1e-4", "exam.samples=3", "train.reflection.max_negatives=1"]:
+    # Training and teacher settings: round 0 (the untuned student) does not read them.
+    for override in ["train.lr=1e-4", "train.reflection.max_negatives=1", "teacher.samples=3"]:
+        other = load_config(REPO / "configs/demo.yaml", [*FULL, override])
+        assert shareable_stages(other, load_run_config(src.path), src) == [(0, "eval")], override
+    # Exam, evaluation, student or task settings: not even round 0.
+    for override in ["exam.samples=3", "eval.max_new_tokens=20", "student.dtype=float32", "task.arith.n_test=50"]:
         other = load_config(REPO / "configs/demo.yaml", [*FULL, override])
         assert shareable_stages(other, load_run_config(src.path), src) == [], override
 
@@ -90,6 +97,13 @@ def test_another_seed_shares_only_the_untuned_greedy_evaluation(tmp_path: Path):
     src = _source_run(tmp_path / "full")
     other_seed = load_config(REPO / "configs/demo.yaml", [*FULL, "seed=1"])
     assert shareable_stages(other_seed, load_run_config(src.path), src) == [(0, "eval")]
+    # ... unless the seed carves the validation split that evaluation reads.
+    val = [*FULL, "task.val_fraction=0.25", "eval.split=val"]
+    src_val = _source_run(tmp_path / "val", overrides=val)
+    other_val = load_config(REPO / "configs/demo.yaml", [*val, "seed=1"])
+    assert shareable_stages(other_val, load_run_config(src_val.path), src_val) == []
+    lr_val = load_config(REPO / "configs/demo.yaml", [*val, "train.lr=1e-4"])
+    assert shareable_stages(lr_val, load_run_config(src_val.path), src_val) == [(0, "eval")]
 
 
 def test_fork_never_overwrites_a_stage_the_run_computed_itself(tmp_path: Path):
@@ -102,6 +116,29 @@ def test_fork_never_overwrites_a_stage_the_run_computed_itself(tmp_path: Path):
     own.record(1, "eval", {"accuracy": 0.5}, 3.0)
     assert fork_run(src.path, multi, tmp_path / "multi") == []
     assert (tmp_path / "multi/round_0/eval.parquet").read_text() == "computed here"
+
+
+def test_a_sweep_counts_a_taken_over_stage_in_the_trial_that_computed_it(tmp_path: Path):
+    from rbyr_ray.loop.fork import take_over
+    from rbyr_ray.tune.results import trial_table
+
+    trials = tmp_path / "sweep" / "trials"
+    _source_run(trials / "a")
+    multi = load_config(REPO / "configs/demo.yaml", ["train.reflection.weight=0.0", "rounds=2"])
+    source, taken = take_over([trials / "not-started", trials / "a"], multi, trials / "b")
+    assert source == trials / "a" and taken[-1] == (2, "train_data") and len(taken) == 8
+    for i, (name, weight) in enumerate([("a", 0.5), ("b", 0.0)]):
+        (trials / name / "trial.json").write_text(json.dumps(
+            {"trial_id": name, "params": {"train.reflection.weight": weight}, "rounds": 2, "status": "running",
+             "started": i}))
+    table = trial_table(tmp_path / "sweep").set_index("trial_id")
+    # Round 1's and round 2's teacher requests were sent by trial a; b took them over and sent none.
+    assert table.loc["a", "teacher_requests"] == 30 and table.loc["a", "teacher_ledger_hits"] == 3
+    assert table.loc["b", "teacher_requests"] == 0 and table.loc["b", "teacher_ledger_hits"] == 0
+    assert (table.loc["a", "stages_shared"], table.loc["b", "stages_shared"]) == (0, 8)
+    assert table.loc["b", "val_r1"] == table.loc["a", "val_r1"] == pytest.approx(0.1)
+    assert table.loc["b", "wall_s"] == 0 and table.loc["a", "wall_s"] > 0
+    assert (table.loc["a", "status"], table.loc["b", "status"]) == ("done", "stopped")  # b has no round-2 eval
 
 
 def _summary(untuned: float, accs: list[float], tokens: int) -> dict:

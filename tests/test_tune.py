@@ -1,8 +1,9 @@
 """Ray Tune sweeps: the tune config's validation (fast), and one tiny real sweep end to end (slow).
 
-The sweep: 2 trials (grid over λ), 2 rounds each, on 12 synthetic arithmetic questions (4 carved out as the
-validation split), SmolLM2-135M with LoRA r=4, the local solver teacher, on the machine's 2 CPUs, one trial at a
-time. Both trials ask the teacher the same round-1 CoT prompts, so the second one's round 1 is all ledger hits.
+The sweep: 2 trials (grid over the learning rate), 2 rounds each, on 12 synthetic arithmetic questions (4 carved
+out as the validation split), SmolLM2-135M with LoRA r=4, the local solver teacher, on the machine's 2 CPUs, one
+trial at a time. Both trials ask the teacher the same round-1 CoT prompts, so the second one's round 1 is all
+ledger hits; the untuned evaluation does not read the learning rate, so the second trial takes it over.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ TINY = {
                   "lora": {"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]}},
         "tracking": {"wandb": False},
     },
-    "space": {"train.reflection.weight": {"grid": [0.0, 0.5]}},
+    "space": {"train.lr": {"grid": [1.0e-3, 2.0e-3]}},
     "search": {"algorithm": "grid"},
     "scheduler": {"name": "asha", "grace_period": 2},  # ASHA wired in, but both trials run both rounds
     "metric": "val_accuracy",
@@ -52,7 +53,8 @@ def write(tmp_path: Path, data: dict) -> Path:
 
 
 def test_tune_config_validates_keys_and_builds_val_trials(tmp_path):
-    spec = load_tune_config(write(tmp_path, TINY), ["search.num_samples=1", "space.train.lr={grid: [1.0e-4]}"])
+    spec = load_tune_config(write(tmp_path, TINY), ["search.num_samples=1", "space.train.lr={grid: [1.0e-4]}",
+                                                    "space.train.reflection.weight={grid: [0.0, 0.5]}"])
     assert tune_space(spec) == {"train.reflection.weight": {"grid_search": [0.0, 0.5]},
                                 "train.lr": {"grid_search": [1.0e-4]}}
     cfg = trial_config(spec, {"train.reflection.weight": 0.5, "train.lr": 1e-4}, ledger="/x/l.sqlite", run_dir="/x/t")
@@ -82,20 +84,20 @@ def test_tiny_sweep_end_to_end(tmp_path):
         sweep = Path(out["sweep_dir"])
         assert out["errors"] == [] and out["trials"] == 2
 
-        # The table: one row per trial with its λ and per-round validation accuracy, as CSV and markdown.
+        # The table: one row per trial with its lr and per-round validation accuracy, as CSV and markdown.
         table = pd.read_csv(sweep / "results.csv")
-        assert sorted(table["train.reflection.weight"]) == [0.0, 0.5]
+        assert sorted(table["train.lr"]) == [1.0e-3, 2.0e-3]
         assert {"val_r0", "val_r1", "val_r2", "teacher_requests", "teacher_ledger_hits"} <= set(table.columns)
         assert table["val_r2"].notna().all() and (table["rounds_done"] == 2).all()
         assert set(table["status"]) == {"done"}
         md = (sweep / "results.md").read_text()
-        assert md.count("\n| ") >= 3 and "train.reflection.weight" in md  # header + 2 trials
+        assert md.count("\n| ") >= 3 and "train.lr" in md  # header + 2 trials
         assert (sweep / "sweep.png").stat().st_size > 0
 
         # The best config: a full experiment that loads as is, back on the test split.
         best = rbyr_ray.load_config(sweep / "best_config.yaml")
         assert best.eval.split == "test" and best.rounds == 2
-        assert best.train.reflection.weight == out["best"]["params"]["train.reflection.weight"]
+        assert best.train.lr == out["best"]["params"]["train.lr"]
         assert out["best_test_accuracy"] is not None and out["best_test_questions"] == 8
 
         # The shared ledger: the second trial's round 1 sent nothing; all its rationales came from the ledger
@@ -105,6 +107,11 @@ def test_tiny_sweep_end_to_end(tmp_path):
         r1_second = next(r for r in second["rounds"] if r["round"] == 1)
         assert r1_first["teacher_requests"] == 8 and r1_first["teacher_ledger_hits"] == 0
         assert r1_second["teacher_requests"] == 0 and r1_second["teacher_ledger_hits"] == 8 * 2
+        # The second trial took the untuned evaluation over from the first (same files, not recomputed).
+        manifests = [json.loads((Path(d) / "manifest.json").read_text())["stages"] for d in table["run_dir"]]
+        assert manifests[1]["round_0/eval"]["adopted_from"] == table["run_dir"][0]
+        assert "adopted_from" not in manifests[1]["round_1/teacher"]
+        assert list(table["stages_shared"]) == [0, 1] and table["val_r0"][0] == table["val_r0"][1]
         assert out["teacher"] == {"requests_sent": int(table["teacher_requests"].sum()),
                                   "ledger_hits": int(table["teacher_ledger_hits"].sum())}
 

@@ -7,7 +7,11 @@ Presets that differ only in the reflection loss (or the number of rounds) share 
 untuned evaluation, round 1 (which has no student mistakes when there is no round-0 exam, so lambda cannot
 act on it), and a later round's exam, teacher and training data. A stage is shared only if every input it
 has is the same: the configs are equal outside the keys below, and the model it starts from was shared.
-Runs that differ in the seed as well share only the untuned evaluation (greedy, so seed-independent).
+Runs that differ elsewhere (the learning rate, the teacher, ...) still share round 0, which reads only the
+task, the student, the exam and evaluation settings and the seed; its greedy evaluation does not read the
+seed either, unless the seed carves the validation split it evaluates.
+
+    stages = take_over(["runs/sweep/trials/a", "runs/sweep/trials/b"], cfg, "runs/sweep/trials/c")
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ from .rundir import RunDir, load_run_config
 _BOOKKEEPING = {"name": True, "run_dir": True, "rounds": True, "patience": True, "tracking": True}
 _LOSS_ONLY = {"weight", "margin", "pooling"}
 _ROUND_STAGES = ["exam", "teacher", "train_data", "train", "eval"]
+# What the untuned student's round 0 (its exam and evaluation) reads.
+_ROUND0_INPUTS = {"task", "student", "exam", "eval", "seed"}
 
 
 def shareable_stages(cfg: ExperimentConfig, src_cfg: ExperimentConfig, src: RunDir) -> list[tuple[int, str]]:
@@ -29,10 +35,7 @@ def shareable_stages(cfg: ExperimentConfig, src_cfg: ExperimentConfig, src: RunD
     # Where teacher answers are cached does not change them (the ledger is content-addressed).
     exclude = {**_BOOKKEEPING, "teacher": {"ledger"}, "train": {"reflection": _LOSS_ONLY}}
     if cfg.model_dump(exclude=exclude) != src_cfg.model_dump(exclude=exclude):
-        # The untuned student's evaluation is greedy: the seed cannot change it.
-        if cfg.model_dump(exclude={**exclude, "seed": True}) == src_cfg.model_dump(exclude={**exclude, "seed": True}):
-            return [(0, "eval")] if src.done(0, "eval") is not None else []
-        return []
+        return _round0_stages(cfg, src_cfg, src)
     same_loss = cfg.train.reflection == src_cfg.train.reflection
     shared: list[tuple[int, str]] = []
     for k in range(min(cfg.rounds, src_cfg.rounds) + 1):
@@ -49,6 +52,25 @@ def shareable_stages(cfg: ExperimentConfig, src_cfg: ExperimentConfig, src: RunD
                 if triplets > 0:
                     return shared
             shared.append((k, stage))
+    return shared
+
+
+def _round0_stages(cfg: ExperimentConfig, src_cfg: ExperimentConfig, src: RunDir) -> list[tuple[int, str]]:
+    """Round 0's completed stages of `src` when the configs differ only in what round 0 does not read."""
+    def inputs(c: ExperimentConfig, keys: set[str]) -> dict:
+        return c.model_dump(include=keys)
+
+    if inputs(cfg, _ROUND0_INPUTS) == inputs(src_cfg, _ROUND0_INPUTS):
+        stages = ["exam", "eval"] if cfg.exam.round0 else ["eval"]
+    elif cfg.eval.split != "val" and inputs(cfg, _ROUND0_INPUTS - {"seed"}) == inputs(src_cfg, _ROUND0_INPUTS - {"seed"}):
+        stages = ["eval"]  # greedy on a split the seed does not draw; the exam samples with the seed
+    else:
+        return []
+    shared = []
+    for stage in stages:
+        if src.done(0, stage) is None:
+            break
+        shared.append((0, stage))
     return shared
 
 
@@ -78,3 +100,12 @@ def best_source(candidates: list[str | os.PathLike], cfg: ExperimentConfig) -> P
         if n > best_n:
             best, best_n = Path(path), n
     return best
+
+
+def take_over(candidates: list[str | os.PathLike], cfg: ExperimentConfig, run_dir: str | os.PathLike
+              ) -> tuple[Path | None, list[tuple[int, str]]]:
+    """Fork `run_dir` from the candidate sharing the most stages with it; (that run dir, the stages taken)."""
+    source = best_source(candidates, cfg)
+    if source is None:
+        return None, []
+    return source, fork_run(source, cfg, run_dir)

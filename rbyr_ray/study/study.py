@@ -91,7 +91,7 @@ def load_study(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] =
 
 def run_study(config: str | os.PathLike | StudySpec, overrides: list[str] | tuple[str, ...] = ()) -> dict:
     """Run every (seed, preset) not finished yet, then write results.md, results.json and results.png."""
-    from ..loop.fork import best_source, fork_run
+    from ..loop.fork import take_over
     from ..loop.rounds import run
     from .results import write_results
 
@@ -106,12 +106,10 @@ def run_study(config: str | os.PathLike | StudySpec, overrides: list[str] | tupl
             continue
         # Any earlier run may give stages: same seed (round 1 and more), another seed (the untuned evaluation).
         others = [spec.run_dir(p, s) for s in spec.seeds for p in spec.presets if (p, s) != (preset, seed)]
-        source = best_source(others, cfg)
-        if source is not None:
-            shared = fork_run(source, cfg, run_dir)
-            if shared:
-                log.info("study %s: %s seed %d takes over %d stages of %s: %s", spec.name, preset, seed,
-                         len(shared), source, ", ".join(f"round_{k}/{s}" for k, s in shared))
+        source, shared = take_over(others, cfg, run_dir)
+        if shared:
+            log.info("study %s: %s seed %d takes over %d stages of %s: %s", spec.name, preset, seed,
+                     len(shared), source, ", ".join(f"round_{k}/{s}" for k, s in shared))
         log.info("study %s: [%d/%d] %s seed %d (%.0f min so far)", spec.name, i, total, preset, seed,
                  (time.time() - started) / 60)
         run(cfg, run_dir=run_dir)

@@ -35,8 +35,9 @@ def _summary(trial_dir: Path) -> dict:
     """The loop's per-round summary, rebuilt from the manifest: current even for a trial stopped mid-round."""
     manifest = trial_dir / "manifest.json"
     if not manifest.exists():
-        return {"rounds": [], "total_wall_s": None}
-    return build_summary(RunDir(trial_dir, json.loads(manifest.read_text())))
+        return {"rounds": [], "total_wall_s": None, "stages": []}
+    rd = RunDir(trial_dir, json.loads(manifest.read_text()))
+    return {**build_summary(rd), "stages": list(rd.manifest["stages"].values())}
 
 
 def trial_row(trial_dir: Path) -> dict:
@@ -55,9 +56,13 @@ def trial_row(trial_dir: Path) -> dict:
     row["final_val_accuracy"] = learned[-1]["test_accuracy"] if learned else None
     row["best_val_accuracy"] = max((r["test_accuracy"] for r in learned), default=None)
     row["final_exam_accuracy"] = learned[-1].get("exam_accuracy") if learned else None
-    row["teacher_requests"] = sum(r.get("teacher_requests") or 0 for r in summary["rounds"])
-    row["teacher_ledger_hits"] = sum(r.get("teacher_ledger_hits") or 0 for r in summary["rounds"])
-    row["wall_s"] = summary.get("total_wall_s")
+    # Stages taken over from another trial (loop.fork) were paid for there: counted once, in that trial.
+    own = [e for e in summary["stages"] if "adopted_from" not in e]
+    row["teacher_requests"] = sum(e["metrics"].get("teacher_requests") or 0 for e in own if e["stage"] == "teacher")
+    row["teacher_ledger_hits"] = sum(e["metrics"].get("teacher_ledger_hits") or 0 for e in own
+                                     if e["stage"] == "teacher")
+    row["stages_shared"] = len(summary["stages"]) - len(own)
+    row["wall_s"] = round(sum(e["wall_s"] for e in own), 1)  # what this trial computed itself
     row["run_dir"] = str(trial_dir)
     if row["status"] == "running":  # the trial process ended without saying so: ASHA stopped it, or it was killed
         row["status"] = "stopped" if row["rounds_done"] < (row["rounds_planned"] or 0) else "done"

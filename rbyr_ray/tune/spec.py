@@ -115,6 +115,9 @@ class TuneSpec(_Strict):
     # Model selection needs a held-out split; used when the experiment does not set task.val_fraction.
     val_fraction: float = Field(DEFAULT_VAL_FRACTION, gt=0, lt=1)
     evaluate_best_on_test: bool = True
+    # A trial takes over the stages an earlier trial computed exactly as it would (loop.fork): λ-only
+    # differences share round 1 and round 2's exam/teacher/data; any difference shares round 0.
+    share_stages: bool = True
     max_failures: int = Field(0, ge=0, description="retries of a failed trial (the loop resumes its run dir)")
     source: str = "<tune config>"  # the file this came from, for messages
     cwd: str = Field(default_factory=os.getcwd)  # relative experiment paths resolve here, in every trial

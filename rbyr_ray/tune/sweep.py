@@ -12,6 +12,9 @@ What happens:
   so ASHA (time_attr = round) can stop weak trials between rounds;
 - all trials send teacher requests through one ledger, `<sweep_dir>/teacher_ledger.sqlite`: a request one trial
   paid for is a ledger hit for the others (round 1 asks the same CoT prompts in every trial);
+- with `share_stages` (default), a trial first takes over the stages an earlier trial computed exactly as it
+  would (loop.fork): trials differing only in λ/margin share round 1 and round 2's exam, teacher and data,
+  and every trial shares the untuned evaluation; the table counts teacher requests of taken-over stages once;
 - afterwards: results.csv / results.md / sweep.png, the selected trial's experiment as best_config.yaml (test
   split), and that trial's final model evaluated once on the test split, reported apart from the selection.
 
@@ -68,10 +71,12 @@ def tune(tune_config: str | os.PathLike | None, overrides: list[str] | tuple[str
     start = time.time()
     grid = _fit(spec, sweep_dir, restore=resume is not None)
     errors = [str(e) for e in grid.errors]
-    summary = collect(spec, sweep_dir)
+    unfinished = unfinished_trials(grid)
+    # An interrupted sweep's selection is not final: the test split waits for the --resume that finishes it.
+    summary = collect(spec, sweep_dir, evaluate_on_test_split=not unfinished)
     summary["wall_s"] = round(time.time() - start, 1)
     summary["errors"] = errors
-    summary["unfinished_trials"] = unfinished_trials(grid)
+    summary["unfinished_trials"] = unfinished
     (sweep_dir / "sweep_summary.json").write_text(json.dumps(summary, indent=1, default=str))
     _print(summary)
     return summary
@@ -100,6 +105,7 @@ def run_trial(config: dict[str, Any], spec: dict) -> None:
     """The Tune trainable: one full multi-round run with the sampled `config`, reporting after every round."""
     import ray.tune
 
+    from ..loop.fork import take_over
     from ..loop.rounds import run
 
     tuned = TuneSpec.model_validate(spec)
@@ -113,6 +119,12 @@ def run_trial(config: dict[str, Any], spec: dict) -> None:
     cfg = trial_config(tuned, params, ledger=sweep_dir / LEDGER_FILE, run_dir=run_dir)
     cfg = cfg.model_copy(update={"name": f"{tuned.name}-{trial_id}"})
     _write_trial_info(run_dir, trial_id, params, cfg, "running")
+    if tuned.share_stages:
+        others = [d for d in (sweep_dir / "trials").iterdir() if d.name != trial_id]
+        source, shared = take_over(others, cfg, run_dir)
+        if shared:
+            log.info("trial %s takes over %s from %s", trial_id, ", ".join(f"round_{k}/{s}" for k, s in shared),
+                     source.name)
 
     def report(row: dict) -> None:
         metrics = {"round": row["round"], "val_accuracy": row["test_accuracy"],
@@ -230,7 +242,7 @@ def check_resources(spec: TuneSpec, cfg: ExperimentConfig, cluster: dict) -> Non
 # ---------------------------------------------------------------------------------------------- results
 
 
-def collect(spec: TuneSpec, sweep_dir: Path) -> dict:
+def collect(spec: TuneSpec, sweep_dir: Path, evaluate_on_test_split: bool = True) -> dict:
     """Table, best config, test accuracy of the selection, teacher totals and plot, from the trials' run dirs."""
     table = trial_table(sweep_dir)
     best_row = select_best(table, spec.metric, spec.mode)
@@ -245,7 +257,7 @@ def collect(spec: TuneSpec, sweep_dir: Path) -> dict:
         best_cfg = trial_config(spec, params, ledger=sweep_dir / LEDGER_FILE, run_dir=None, split="test")
         best_cfg = best_cfg.model_copy(update={"name": f"{spec.name}-best"})
         summary["best_config"] = str(write_best_config(best_cfg, sweep_dir / "best_config.yaml", spec, summary))
-        if spec.evaluate_best_on_test:
+        if spec.evaluate_best_on_test and evaluate_on_test_split:
             summary.update(evaluate_on_test(best_cfg, Path(best_row["run_dir"]), sweep_dir))
     csv_path, md_path = write_table(table, sweep_dir, summary)
     summary["table_csv"], summary["table_md"] = str(csv_path), str(md_path)
