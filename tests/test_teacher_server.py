@@ -15,7 +15,7 @@ from rbyr_ray.tasks import load_task
 from rbyr_ray.tasks.grading import extract_answer, grade
 from rbyr_ray.tasks.prompts import strip_answer_line, teacher_cot_messages, teacher_feedback_messages
 from rbyr_ray.teacher.cached import CachedTeacher
-from rbyr_ray.teacher.client import TeacherClient, TeacherRequestError
+from rbyr_ray.teacher.client import TeacherClient, TeacherRequestError, parse_chat_response
 from rbyr_ray.teacher.ledger import Ledger
 from rbyr_ray.teacher.server import LocalTeacherServer
 
@@ -132,3 +132,17 @@ def test_server_that_ignores_n_gets_one_request_per_sample(tmp_path):
         assert again.cached == {0, 1, 2} and again.http_requests == 0
         stats = json.loads(urllib.request.urlopen(url[: -len("/v1")] + "/stats").read())
         assert stats["completions"] == 3
+
+
+def test_chat_bodies_are_read_by_choice_index_and_malformed_ones_are_errors():
+    body = json.dumps({"choices": [{"index": 1, "message": {"content": "b"}, "finish_reason": "length"},
+                                   {"index": 0, "message": {"content": "a"}, "finish_reason": "stop"}],
+                       "usage": {"prompt_tokens": 7, "completion_tokens": 3}})
+    assert parse_chat_response(body) == (["a", "b"], ["stop", "length"], (7, 3))
+    no_usage = json.dumps({"choices": [{"index": 0, "message": {"content": None}}]})
+    assert parse_chat_response(no_usage) == ([""], [None], None)  # the client then estimates the tokens
+    # Each is retried by the client as a bad response (ValueError), never stored as a rationale.
+    for bad in ["not json", "[]", '{"choices": []}', '{"choices": [{"message": {"content": 5}}]}',
+                '{"choices": [{"index": 0, "message": "x"}]}']:
+        with pytest.raises(ValueError):
+            parse_chat_response(bad)

@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 import aiohttp
 import httpx2 as httpx  # the HTTP library this openai release is built on
 import openai
-from openai.types.chat import ChatCompletion
 
 from ..config import TeacherConfig
 
@@ -136,6 +135,31 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             self._session = None
 
 
+def parse_chat_response(body: str) -> tuple[list[str], list[str | None], tuple[int, int] | None]:
+    """(choice texts and finish reasons in choice order, (prompt, completion) tokens or None) of a chat
+    completion's JSON body; ValueError when it is not one (a retryable glitch).
+
+    >>> parse_chat_response('{"choices": [{"index": 1, "message": {"content": "b"}, "finish_reason": "stop"},'
+    ...                     ' {"index": 0, "message": {"content": "a"}}], "usage": {"prompt_tokens": 5}}')
+    (['a', 'b'], [None, 'stop'], (5, 0))
+    """
+    try:
+        data = json.loads(body)
+        choices = sorted(data.get("choices") or [], key=lambda c: c.get("index", 0))
+        texts = [(c.get("message") or {}).get("content") or "" for c in choices]
+        finish = [c.get("finish_reason") for c in choices]
+        usage = data.get("usage") or {}
+        tokens = (None if usage.get("prompt_tokens") is None
+                  else (int(usage["prompt_tokens"]), int(usage.get("completion_tokens") or 0)))
+    except (AttributeError, TypeError, KeyError) as exc:  # JSON, but not a chat completion
+        raise ValueError(f"not a chat completion: {type(exc).__name__}: {exc}") from None
+    if not texts:
+        raise ValueError("response without choices")
+    if not all(isinstance(t, str) for t in texts):
+        raise ValueError("a choice's content is not text")
+    return texts, finish, tokens
+
+
 def _estimate_tokens(text: str) -> int:
     return max(1, len(text) // 4)  # when a server reports no usage: the usual ~4 characters per token
 
@@ -201,23 +225,21 @@ class TeacherClient:
             # The client's generic POST: the same request `chat.completions.create` sends, without its
             # recursive TypedDict transform of the messages, which costs several ms of CPU per request
             # (a third of the client's time at 64 in flight). Plain role/content dicts need no transform.
-            resp = await self._openai().post("/chat/completions", cast_to=ChatCompletion, body={
+            # The body comes back as text (non-2xx statuses still raise openai's errors): the ledger keeps
+            # the server's answer as sent, and reading three fields needs no ChatCompletion model (~1 ms).
+            body = await self._openai().post("/chat/completions", cast_to=str, body={
                 "model": self.model, "messages": messages, **self.params, **extra})
             latency = time.monotonic() - start
-        choices = sorted(resp.choices or [], key=lambda c: c.index)
-        if not choices:
-            raise ValueError("response without choices")
-        texts = [c.message.content or "" for c in choices]
-        usage, estimated = resp.usage, False
-        if usage is not None and usage.prompt_tokens is not None:
-            prompt_tokens, completion_tokens = int(usage.prompt_tokens), int(usage.completion_tokens or 0)
+        texts, finish_reasons, usage = parse_chat_response(body)
+        estimated = usage is None
+        if usage is not None:
+            prompt_tokens, completion_tokens = usage
         else:
-            estimated = True
             prompt_tokens = _estimate_tokens(json.dumps(messages))
             completion_tokens = sum(_estimate_tokens(t) for t in texts)
-        return ChatResult(texts=texts, finish_reasons=[c.finish_reason for c in choices],
-                          prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, latency_s=latency,
-                          attempts=1, response_json=resp.model_dump_json(), usage_estimated=estimated)
+        return ChatResult(texts=texts, finish_reasons=finish_reasons, prompt_tokens=prompt_tokens,
+                          completion_tokens=completion_tokens, latency_s=latency, attempts=1, response_json=body,
+                          usage_estimated=estimated)
 
     async def chat(self, messages: list[dict], n: int = 1) -> ChatResult:
         """One logical request (n choices), retried on transient failures; raises TeacherRequestError."""
