@@ -1,8 +1,8 @@
 """The round loop end to end, with real parts: the SmolLM2 student, the local teacher server over HTTP, Ray.
 
 One run is submitted as a Ray job to a cluster started with `ray start --head` (the README's cluster path);
-a second run with the same config is SIGKILLed during its teacher stage and again during training, resumed
-each time, and must end with the same teacher data and without paying for a teacher request twice.
+a second run with the same config is SIGKILLed during its teacher stage and again during training, then
+interrupted with Ctrl-C during training, resumed each time, and must end with the same teacher data and without paying for a teacher request twice.
 """
 
 from __future__ import annotations
@@ -193,6 +193,20 @@ def test_sigkill_during_teacher_and_training_then_resume(job_run: Path, tmp_path
               "the first training checkpoint")
     os.killpg(run.pid, signal.SIGKILL)
     run.wait()
+    assert not _stage_done(run_dir, "round_1/train")
+
+    # Ctrl-C (SIGINT to the process group, as a terminal sends it) during training: the run stops within
+    # seconds with exit code 130 and says so, the stage unrecorded. (Ray Train's own SIGINT handler, alone,
+    # made it exit 1 without a word.)
+    checkpoints = lambda: set((run_dir / "round_1" / "ray_train").rglob("checkpoint_*"))
+    before = checkpoints()
+    with open(tmp_path / "ctrl_c.log", "w") as log:
+        run = subprocess.Popen([str(BIN / "rbyr-ray"), "resume", str(run_dir)], env=env, cwd=tmp_path,
+                               stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
+        _wait_for(lambda: checkpoints() - before, run, 600, "a checkpoint of the resumed training")
+        os.killpg(run.pid, signal.SIGINT)
+        assert run.wait(timeout=120) == 130
+    assert "interrupted; completed work is kept" in (tmp_path / "ctrl_c.log").read_text()
     assert not _stage_done(run_dir, "round_1/train")
 
     done = subprocess.run([str(BIN / "rbyr-ray"), "resume", str(run_dir), "--json"], env=env, cwd=tmp_path,

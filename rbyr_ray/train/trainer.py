@@ -18,7 +18,9 @@ import functools
 import logging
 import math
 import os
+import signal
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -318,6 +320,21 @@ def export_model(state_path: Path, init_model: str, out: Path, cfg: ExperimentCo
     return out
 
 
+def _fit(trainer):
+    """trainer.fit(), with Ctrl-C meaning what it means in every other stage: the run stops, the stage is not
+    recorded, and `rbyr-ray` exits 130 with completed stages kept. Ray Train's own SIGINT handler aborts the
+    training run and then calls sys.exit(0) (a run that looked successful to `make demo && ...`), and it stays
+    installed after fit() returns; both are undone here."""
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        return trainer.fit()
+    except SystemExit as exc:
+        raise KeyboardInterrupt("training aborted (Ctrl-C)") from exc
+    finally:
+        if threading.current_thread() is threading.main_thread() and previous is not None:
+            signal.signal(signal.SIGINT, previous)
+
+
 def train_round(train_data_path: str | os.PathLike, init_model: str, out_dir: str | os.PathLike,
                 cfg: ExperimentConfig, *, seed: int) -> TrainResult:
     """Train on the items of `train_data_path` (see data.build_train_items), starting from the HF folder
@@ -352,7 +369,7 @@ def train_round(train_data_path: str | os.PathLike, init_model: str, out_dir: st
                                        checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)),
     )
     start = time.perf_counter()
-    result = trainer.fit()
+    result = _fit(trainer)
     wall = time.perf_counter() - start
     metrics = result.metrics or {}
     if result.checkpoint is None or not metrics.get("final"):
