@@ -137,12 +137,13 @@ def write_plot(table: pd.DataFrame, path: Path, best_trial: str | None = None) -
 
     rounds = [c for c in table.columns if c.startswith("val_r")]
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4))
-    for _, row in table.iterrows():
+    for i, (_, row) in enumerate(table.iterrows()):
         xs = [int(c[5:]) for c in rounds if pd.notna(row[c])]
         ys = [row[c] for c in rounds if pd.notna(row[c])]
         best = row["trial_id"] == best_trial
+        # Trials that share rounds have identical points there: line styles keep the later ones visible.
         ax.plot(xs, ys, marker="o", linewidth=2.5 if best else 1, alpha=1 if best else 0.6,
-                label=f"{row['trial_id']}{' (selected)' if best else ''}")
+                linestyle=["-", "--", ":", "-."][i % 4], label=f"{row['trial_id']}{' (selected)' if best else ''}")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("round")
     ax.set_ylabel("validation accuracy")
@@ -151,6 +152,11 @@ def write_plot(table: pd.DataFrame, path: Path, best_trial: str | None = None) -
     ids = list(table["trial_id"])
     bx.bar(ids, table["teacher_requests"], label="requests sent")
     bx.bar(ids, table["teacher_ledger_hits"], bottom=table["teacher_requests"], label="ledger hits (rationales)")
+    # A trial that took its teacher stages over from another trial (share_stages) paid nothing: say so.
+    for i, n in enumerate(table.get("stages_shared", pd.Series(0, index=table.index))):
+        if n:
+            bx.annotate(f"{n} stage{'s' if n > 1 else ''}\ntaken over", (i, 0), xytext=(0, 3), textcoords="offset points",
+                        ha="center", va="bottom", fontsize=7)
     bx.set_title("teacher requests per trial")
     bx.tick_params(axis="x", labelrotation=45, labelsize=7)
     bx.legend(fontsize=7)
