@@ -16,11 +16,14 @@ seed either, unless the seed carves the validation split it evaluates.
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
 from ..config import ExperimentConfig
 from .rundir import RunDir, load_run_config
+
+log = logging.getLogger(__name__)
 
 # Keys that never change what a stage computes (bookkeeping), and the loss-only reflection keys.
 _BOOKKEEPING = {"name": True, "run_dir": True, "rounds": True, "patience": True, "tracking": True}
@@ -108,4 +111,7 @@ def take_over(candidates: list[str | os.PathLike], cfg: ExperimentConfig, run_di
     source = best_source(candidates, cfg)
     if source is None:
         return None, []
-    return source, fork_run(source, cfg, run_dir)
+    taken = fork_run(source, cfg, run_dir)
+    if taken:
+        log.info("%s takes over %s from %s", run_dir, ", ".join(f"round_{k}/{s}" for k, s in taken), source)
+    return source, taken

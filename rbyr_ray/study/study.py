@@ -20,6 +20,7 @@ round 1 are computed once per seed. All runs share one teacher ledger, so no tea
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -106,10 +107,7 @@ def run_study(config: str | os.PathLike | StudySpec, overrides: list[str] | tupl
             continue
         # Any earlier run may give stages: same seed (round 1 and more), another seed (the untuned evaluation).
         others = [spec.run_dir(p, s) for s in spec.seeds for p in spec.presets if (p, s) != (preset, seed)]
-        source, shared = take_over(others, cfg, run_dir)
-        if shared:
-            log.info("study %s: %s seed %d takes over %d stages of %s: %s", spec.name, preset, seed,
-                     len(shared), source, ", ".join(f"round_{k}/{s}" for k, s in shared))
+        take_over(others, cfg, run_dir)
         log.info("study %s: [%d/%d] %s seed %d (%.0f min so far)", spec.name, i, total, preset, seed,
                  (time.time() - started) / 60)
         run(cfg, run_dir=run_dir)
@@ -119,7 +117,5 @@ def run_study(config: str | os.PathLike | StudySpec, overrides: list[str] | tupl
 def _finished(run_dir: Path, cfg: ExperimentConfig) -> bool:
     """Its last round evaluated. (A run stopped by patience is run again: the loop skips its done stages and
     stops at the same round.)"""
-    import json
-
     summary = json.loads((run_dir / "summary.json").read_text())
     return any(r["round"] >= cfg.rounds and r.get("test_accuracy") is not None for r in summary["rounds"])

@@ -120,11 +120,7 @@ def run_trial(config: dict[str, Any], spec: dict) -> None:
     cfg = cfg.model_copy(update={"name": f"{tuned.name}-{trial_id}"})
     _write_trial_info(run_dir, trial_id, params, cfg, "running")
     if tuned.share_stages:
-        others = [d for d in (sweep_dir / "trials").iterdir() if d.name != trial_id]
-        source, shared = take_over(others, cfg, run_dir)
-        if shared:
-            log.info("trial %s takes over %s from %s", trial_id, ", ".join(f"round_{k}/{s}" for k, s in shared),
-                     source.name)
+        take_over([d for d in (sweep_dir / "trials").iterdir() if d.name != trial_id], cfg, run_dir)
 
     def report(row: dict) -> None:
         metrics = {"round": row["round"], "val_accuracy": row["test_accuracy"],
