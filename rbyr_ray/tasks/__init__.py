@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ..config import TaskConfig
 from .records import AnswerType, Record, TaskData
+from .steps import StepCheck, check_steps
 
 log = logging.getLogger(__name__)
 
@@ -99,4 +100,5 @@ def gold_rationale(task: str, record: Record) -> str | None:
     return benchmark_rationale(task, record)
 
 
-__all__ = ["TASKS", "Record", "TaskData", "TaskSpec", "gold_rationale", "load_task", "resolve_data_dir"]
+__all__ = ["TASKS", "Record", "StepCheck", "TaskData", "TaskSpec", "check_steps", "gold_rationale", "load_task",
+           "resolve_data_dir"]
