@@ -1,0 +1,193 @@
+"""The main job in CI: `rbyr-ray run` as a user runs it, then `resume` and `report` of the finished run.
+
+A subprocess with the real parts: the SmolLM2-135M student, the local solver teacher server over HTTP (started
+and stopped by the run), a local Ray started by the run. Sized to about 2-3 minutes on 2 cores: 8 training
+questions, 2 rounds with the round-0 exam, one epoch of 4-item batches per round, 8 test questions.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+OVERRIDES = [
+    "name=ci", "rounds=2", "task.arith.n_train=8", "task.arith.n_test=8", "task.arith.max_steps=2",
+    "exam.round0=true", "exam.samples=2", "exam.limit=null", "exam.max_new_tokens=24", "exam.batch_size=16",
+    "eval.max_new_tokens=24", "eval.batch_size=16", "train.batch_size=4", "train.epochs=1",
+    "train.lora.r=4", "train.lora.alpha=8",
+    # float32 weights on disk, so that round 2's LoRA delta on top of round 1's model is exactly low-rank.
+    "student.dtype=float32", "tracking.wandb=true", "tracking.wandb_mode=offline",
+]
+STAGES = ["round_0/exam", "round_0/eval", "round_1/teacher", "round_1/train_data", "round_1/train", "round_1/eval",
+          "round_2/exam", "round_2/teacher", "round_2/train_data", "round_2/train", "round_2/eval"]
+
+
+def _env(**extra: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # a local Ray of the run's own
+    env.update(RAY_AUTH_MODE="disabled", WANDB_MODE="offline", HF_HUB_OFFLINE="1",
+               PATH=f"{BIN}:{env.get('PATH', '')}", **extra)
+    return env
+
+
+def _rbyr(*args: str, env: dict, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
+    out = subprocess.run([str(BIN / "rbyr-ray"), *args], env=env, cwd=cwd, capture_output=True, text=True,
+                         timeout=timeout, check=False)
+    assert out.returncode == 0, f"rbyr-ray {args[0]} exited {out.returncode}:\n{out.stdout[-3000:]}\n{out.stderr[-5000:]}"
+    return out
+
+
+@pytest.fixture(scope="module")
+def job(tmp_path_factory) -> dict:
+    """One `rbyr-ray run`, as a user types it; every teacher request that reaches the server is logged."""
+    tmp = tmp_path_factory.mktemp("main_job")
+    requests_log = tmp / "requests.jsonl"
+    env = _env(RBYR_TEACHER_REQUEST_LOG=str(requests_log))
+    run_dir = tmp / "run"
+    out = _rbyr("run", str(REPO / "configs" / "demo.yaml"), *OVERRIDES, "--run-dir", str(run_dir), env=env, cwd=tmp)
+    return {"dir": run_dir, "env": env, "tmp": tmp, "requests_log": requests_log, "stdout": out.stdout,
+            "stderr": out.stderr}
+
+
+def _manifest(run_dir: Path) -> dict:
+    return json.loads((run_dir / "manifest.json").read_text())
+
+
+def _requests_sent(log: Path) -> int:
+    return len(log.read_text().splitlines()) if log.exists() else 0
+
+
+def test_every_stage_of_both_rounds_is_recorded(job):
+    run_dir = job["dir"]
+    assert sorted(_manifest(run_dir)["stages"]) == sorted(STAGES)
+    for name in ["config.yaml", "summary.json", "metrics.jsonl", "report.png", "teacher_ledger.sqlite"]:
+        assert (run_dir / name).is_file(), name
+    assert (run_dir / "report.png").stat().st_size > 10_000
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert len(lines) == len(STAGES)
+    assert list((run_dir / "wandb").glob("offline-run-*")), "the offline wandb run is missing"
+    # The resolved config holds no secret: the key is named by its variable only.
+    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert cfg["teacher"]["api_key_env"] == "OPENAI_API_KEY" and cfg["rounds"] == 2
+
+
+def test_summary_has_every_round_field_with_sane_values(job):
+    summary = json.loads((job["dir"] / "summary.json").read_text())
+    rounds = {r["round"]: r for r in summary["rounds"]}
+    assert sorted(rounds) == [0, 1, 2]
+    assert 0.0 <= rounds[0]["test_accuracy"] <= 1.0 and summary["untuned_test_accuracy"] == rounds[0]["test_accuracy"]
+    for k in (1, 2):
+        row = rounds[k]
+        for key in ["test_accuracy", "exam_accuracy", "mistake_questions", "teacher_requests", "teacher_ledger_hits",
+                    "teacher_accepted", "teacher_rejected", "lm_loss", "reflection_loss"]:
+            assert row[key] is not None, (k, key)
+        assert 0.0 <= row["test_accuracy"] <= 1.0 and 0.0 <= row["exam_accuracy"] <= 1.0
+        assert row["teacher_requests"] > 0 and row["lm_loss"] > 0
+    assert summary["final_test_accuracy"] == rounds[2]["test_accuracy"]
+    # Every test question evaluated in every round.
+    for k in (0, 1, 2):
+        ev = pd.read_parquet(job["dir"] / f"round_{k}" / "eval.parquet")
+        assert len(ev) == 8 and ev["error"].isna().all()
+        assert rounds[k]["test_accuracy"] == pytest.approx(ev["correct"].mean())
+
+
+def test_round_2_asks_the_teacher_about_exactly_its_exam_mistakes(job):
+    from rbyr_ray.tasks.prompts import fold_rationale
+
+    run_dir = job["dir"]
+    exam = pd.read_parquet(run_dir / "round_2" / "exam.parquet")
+    wrong = exam[~exam["correct"].astype(bool) & exam["error"].isna()]
+    wrong_ids = set(wrong["id"])
+    assert wrong_ids, "the round-2 exam had no mistakes: nothing to check"
+    teacher = pd.read_parquet(run_dir / "round_2" / "teacher.parquet")
+    assert set(teacher["id"]) == wrong_ids and (teacher["kind"] == "feedback").all()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["rounds"][2]["mistake_questions"] == len(wrong_ids)
+    # What was sent (the ledger's stored requests): each feedback prompt shows one of that question's own wrong
+    # rationales and the hint with its gold answer.
+    from rbyr_ray.config import load_config
+    from rbyr_ray.tasks import load_task
+
+    cfg = load_config(run_dir / "config.yaml")
+    by_question = {r.question: r for r in load_task(cfg.task, seed=cfg.seed).train}
+    with sqlite3.connect(run_dir / "teacher_ledger.sqlite") as db:
+        sent = [json.loads(r[0])["messages"][-1]["content"] for r in db.execute("select request_json from calls")]
+    feedback = [text for text in sent if "Student's solution:" in text]
+    assert len(feedback) == len(wrong_ids) == summary["rounds"][2]["teacher_requests"]
+    asked = set()
+    for text in feedback:
+        question = re.search(r"Question:\s*(.+)", text).group(1).strip()
+        record = by_question[question]
+        asked.add(record.id)
+        shown = re.search(r"Student's solution: (.*)\n", text).group(1)
+        assert shown in {fold_rationale(w) for w in wrong.loc[wrong["id"] == record.id, "rationale"]}
+        assert f"Hint: the correct answer is {record.answer}." in text
+    assert asked == wrong_ids
+
+
+def _q_proj(model_dir: Path | str, layer: int = 0) -> torch.Tensor:
+    from safetensors.torch import load_file
+
+    weights = {}
+    for shard in Path(model_dir).glob("*.safetensors"):
+        weights.update(load_file(shard))
+    return weights[f"model.layers.{layer}.self_attn.q_proj.weight"].double()
+
+
+def test_round_2_trained_from_round_1s_merged_model(job):
+    """Round 2's LoRA (r=4) merged into round 1's model: their difference has rank 4. Against the untuned
+    student the difference holds both rounds' deltas (rank 8): training from anywhere else shows up here."""
+    from rbyr_ray.student.models import resolve_model_dir
+
+    run_dir = job["dir"]
+    manifest = _manifest(run_dir)["stages"]
+    assert manifest["round_2/train"]["metrics"]["model_dir"] == str(run_dir / "round_2" / "model")
+    w0 = _q_proj(resolve_model_dir("smollm2-135m", dtype="float32"))
+    w1, w2 = _q_proj(run_dir / "round_1" / "model"), _q_proj(run_dir / "round_2" / "model")
+
+    def singular(delta: torch.Tensor) -> torch.Tensor:
+        s = torch.linalg.svdvals(delta)
+        return s / s[0]
+
+    from_round_1, from_untuned = singular(w2 - w1), singular(w2 - w0)
+    assert from_round_1[3] > 1e-2 and from_round_1[4] < 1e-3, from_round_1[:6]  # rank 4: one LoRA
+    assert from_untuned[4] > 1e-2, from_untuned[:9]  # more than one LoRA's rank
+
+
+def test_resume_of_the_finished_run_runs_nothing_and_sends_nothing(job):
+    run_dir, log = job["dir"], job["requests_log"]
+    before_manifest, before_requests = _manifest(run_dir), _requests_sent(log)
+    assert before_requests > 0
+    out = _rbyr("resume", str(run_dir), "--json", env=job["env"], cwd=job["tmp"])
+    assert _manifest(run_dir) == before_manifest  # no stage ran again (wall times and finish times unchanged)
+    assert _requests_sent(log) == before_requests  # no teacher request reached a server
+    assert len(re.findall(r"done earlier .*skipped", out.stderr)) == len(STAGES)
+    summary = json.loads(out.stdout.strip().splitlines()[-1])
+    assert summary == json.loads((run_dir / "summary.json").read_text())
+
+
+def test_report_rebuilds_the_table_and_the_plot(job):
+    run_dir = job["dir"]
+    (run_dir / "report.png").unlink()
+    out = _rbyr("report", str(run_dir), env=job["env"], cwd=job["tmp"], timeout=180)
+    assert (run_dir / "report.png").stat().st_size > 10_000
+    summary = json.loads((run_dir / "summary.json").read_text())
+    lines = out.stdout.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.split()[:2] == ["round", "test_acc"])
+    table = [line.split() for line in lines[header + 1:header + 4]]
+    assert [int(row[0]) for row in table] == [0, 1, 2]
+    for row, want in zip(table, summary["rounds"]):
+        assert float(row[1]) == pytest.approx(want["test_accuracy"], abs=5e-4)
