@@ -99,6 +99,10 @@ class TeacherConfig(_Section):
     use_hint: bool = True  # the feedback prompt includes the gold answer as a hint
     few_shot: bool = True
     reask: int = Field(0, ge=0, description="re-ask questions with no accepted rationale up to m times")
+    # The quality gate. answer: the final answer equals the gold one. steps: that, and no arithmetic step
+    # `<expression> = <number>` of the rationale is false (tasks.check_steps). auto: steps for numeric tasks,
+    # answer for csqa/strategyqa, where there is nothing to compute (there `steps` acts as `answer` too).
+    gate: Literal["auto", "answer", "steps"] = "auto"
     price_per_1k_prompt: float = Field(0.0, ge=0)
     price_per_1k_completion: float = Field(0.0, ge=0)
     budget_tokens: int | None = Field(None, ge=1)
@@ -111,6 +115,8 @@ class TeacherConfig(_Section):
     rate_limit_rate: float = Field(0.0, ge=0, le=1)
     wrong_rate: float = Field(0.0, ge=0, le=1)
     garbage_rate: float = Field(0.0, ge=0, le=1)
+    # A fluent rationale with the right final answer and one false intermediate step (what the steps gate catches).
+    false_step_rate: float = Field(0.0, ge=0, le=1)
 
     @field_validator("api_key_env")
     @classmethod
@@ -124,6 +130,9 @@ class TeacherConfig(_Section):
 class ExamConfig(_Section):
     engine: Literal["hf", "vllm"] = "hf"
     samples: int = Field(4, ge=1)
+    # What is a mistake. answer (the paper's): a wrong final answer. steps: also a right answer reached by a
+    # false arithmetic step (numeric tasks); it goes to the teacher with the feedback prompt like any mistake.
+    mistakes: Literal["answer", "steps"] = "answer"
     temperature: float = Field(1.0, ge=0.0)
     top_k: int = Field(50, ge=0)
     max_new_tokens: int | None = Field(None, ge=1, description="None = the task's default (METHOD.md)")

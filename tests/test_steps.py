@@ -188,3 +188,49 @@ def test_the_datasets_worked_solutions_hold_no_false_step_but_gsm8ks_known_slips
     gsm8k = load_task(TaskConfig(name="gsm8k")).test
     caught = {r.id: c.false_steps for r in gsm8k if (c := check_steps(r.solution.rsplit("####", 1)[0])).false_steps}
     assert caught == {"gsm8k-test-501": ["364 / 4 = 273"], "gsm8k-test-1024": ["$32 - $20 = $300"]}
+
+
+# ------------------------------------------------------------------------------------------------ the gate
+
+
+def test_resolve_gate_steps_for_numeric_tasks_answer_where_there_is_nothing_to_compute():
+    from rbyr_ray.teacher.stage import resolve_gate
+
+    assert [resolve_gate(g, "numeric") for g in ("auto", "answer", "steps")] == ["steps", "answer", "steps"]
+    assert {resolve_gate(g, t) for g in ("auto", "answer", "steps") for t in ("choice", "yesno")} == {"answer"}
+
+
+@pytest.mark.parametrize(("text", "gate", "accepted", "reason", "false"), [
+    ("12 + 7 = 19. 19 - 3 = 16.\nAnswer: 16", "steps", True, None, ""),
+    ("12 + 7 = 20. 19 - 3 = 16.\nAnswer: 16", "steps", False, "false_step: 12 + 7 = 20", "12 + 7 = 20"),
+    ("22 + 81 = 203. 3 * 3 = 10. 203 - 187 = 16.\nAnswer: 16", "steps", False,
+     "false_step: 22 + 81 = 203; 3 * 3 = 10", "22 + 81 = 203; 3 * 3 = 10"),
+    ("12 + 7 = 20. 19 - 3 = 16.\nAnswer: 16", "answer", True, None, "12 + 7 = 20"),  # the paper's gate: through
+    ("12 + 7 = 19. 19 - 3 = 15.\nAnswer: 15", "steps", False, "wrong_answer", "19 - 3 = 15"),
+    ("lorem ipsum dolor", "steps", False, "unparseable", ""),
+    ("x = 16, so it is 16.\nAnswer: 16", "steps", True, None, ""),  # nothing checkable is not a false step
+    ("12 + 7 = 19. 19 - 3 = 16.\nAnswer: 16\nCheck: 2 + 2 = 5", "steps", True, None, ""),  # after the answer: not trained on
+])
+def test_judge(text, gate, accepted, reason, false):
+    from rbyr_ray.tasks.grading import extract_answer
+    from rbyr_ray.teacher.stage import judge
+
+    verdict = judge(text, extract_answer("numeric", text), "16", "numeric", gate)
+    assert (verdict.accepted, verdict.reject_reason, verdict.false_steps) == (accepted, reason, false)
+
+
+def test_judge_records_nothing_for_a_missing_answer_and_a_choice_task():
+    from rbyr_ray.teacher.stage import Verdict, judge
+
+    assert judge(None, None, "16", "numeric", "steps") == Verdict(False, None, None, 0)
+    verdict = judge("2 + 2 = 5, so (b).\nAnswer: (b)", "b", "b", "choice", "answer")
+    assert verdict.accepted and verdict.false_steps is None and verdict.steps_checked == 0
+
+
+def test_an_unknown_gate_or_mistakes_mode_is_rejected_naming_the_key():
+    from rbyr_ray.config import ConfigError, load_config
+
+    assert load_config(None, ["teacher.gate=answer", "exam.mistakes=steps"]).teacher.gate == "answer"
+    for override, key in (("teacher.gate=strict", "teacher.gate"), ("exam.mistakes=all", "exam.mistakes")):
+        with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+            load_config(None, [override])

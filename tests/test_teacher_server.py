@@ -75,6 +75,23 @@ def test_wrong_and_garbage_answers():
         assert all(extract_answer("numeric", c.message.content) is None for c in resp.choices)
 
 
+def test_false_step_answers_are_right_after_exactly_one_false_step():
+    """--false-step-rate: a fluent rationale, the right final answer, and one false intermediate step."""
+    from rbyr_ray.tasks import check_steps
+
+    server = LocalTeacherServer("solver", TASK, TeacherConfig(false_step_rate=1.0), seed=3)
+    with server as url:
+        client = _client(url)
+        for record in RECORDS[:15]:
+            resp = client.chat.completions.create(model="m", n=3, messages=teacher_cot_messages(record, "numeric"))
+            for choice in resp.choices:
+                text = choice.message.content
+                steps = check_steps(strip_answer_line(text))
+                assert grade("numeric", text, record.answer), text
+                assert steps.checked == max(1, int(record.tags["steps"])) and len(steps.false_steps) == 1, text
+        assert server.stats()["false_steps"] == 45 == server.stats()["choices"]
+
+
 def test_api_key_is_required_when_set():
     with LocalTeacherServer("solver", TASK, TeacherConfig(), api_key="s3cret") as url:
         with pytest.raises(openai.AuthenticationError):

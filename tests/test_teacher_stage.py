@@ -14,7 +14,8 @@ import pandas as pd
 import pytest
 
 from rbyr_ray.config import TaskConfig, TeacherConfig
-from rbyr_ray.tasks import load_task
+from rbyr_ray.tasks import check_steps, load_task
+from rbyr_ray.teacher.backends import SolverBackend
 from rbyr_ray.teacher.ledger import Ledger
 from rbyr_ray.teacher.server import LocalTeacherServer
 from rbyr_ray.teacher.stage import annotate
@@ -74,6 +75,49 @@ def test_faulty_server_nothing_lost_nothing_duplicated_and_rerun_is_free(ray_clu
             sent_for = set(again.rows.loc[again.rows["http_requests"] > 0, "id"])
             assert sent_for <= failed_before
         assert again.accepted >= result.accepted
+
+
+def test_steps_gate_catches_every_false_step_under_faults_nothing_lost_or_duplicated(ray_cluster, tmp_path):
+    """The 20% 500s / 20% 429s / 10% garbage mix, plus 20% of answers that are right only after a false step:
+    the steps gate (the default for a numeric task) rejects each of those, the server's own count of them,
+    accepts exactly the solver's correct rationales, and re-asks questions whose rationales were all rejected."""
+    faults = TeacherConfig(error_rate=0.2, rate_limit_rate=0.2, garbage_rate=0.1, false_step_rate=0.2, latency_ms=5)
+    cfg = TeacherConfig(samples=2, concurrency=8, max_retries=8, reask=1, **FAST_RETRY)
+    records = RECORDS[:30]
+    ledger_path = tmp_path / "ledger.sqlite"
+    with LocalTeacherServer("solver", TASK, faults, seed=23) as url:
+        result = annotate(records, cfg, answer_type="numeric", base_url=url, ledger_path=ledger_path,
+                          out_path=tmp_path)
+        stats = _server_handle(url)()
+    rows = pd.read_parquet(tmp_path / "teacher.parquet")
+    assert result.gate == "steps" and not rows.duplicated(["id", "sample"]).any()
+    obtained = rows[rows["text"].notna()]
+    reasons = obtained["reject_reason"].fillna("")
+    caught = obtained[reasons.str.startswith("false_step: ")]
+    assert stats["false_steps"] >= 5 and len(caught) == result.rejected_steps == stats["false_steps"]
+    assert (caught["predicted"] == caught["id"].map({r.id: r.answer for r in records})).all()
+    for reason in caught["reject_reason"]:  # each names its one false step, and that step is false
+        step = reason.removeprefix("false_step: ")
+        assert check_steps(step).false_steps == [step]
+    assert (reasons == "unparseable").sum() == stats["garbage"] == result.rejected_answer
+    # Accepted exactly when the text is one of the solver's correct rationales: no false accept, no false reject.
+    solver = SolverBackend()
+    correct = {r.id: {solver.answer([{"role": "user", "content": f"Question: {r.question}"}], v) for v in range(6)}
+               for r in records}
+    assert (obtained["accepted"] == [t in correct[i] for i, t in zip(obtained["id"], obtained["text"])]).all()
+    # Nothing lost: a question ends accepted, with a recorded failure, or with every re-ask rejected.
+    for record in records:
+        mine = rows[rows["id"] == record.id]
+        first = mine[mine["attempt"] == 0]
+        if first["text"].notna().all() and not first["accepted"].any():
+            assert (mine["attempt"] == 1).sum() == cfg.samples, record.id  # all rejected: asked again
+        assert (mine["accepted"].any() or mine["error"].notna().any()
+                or (len(mine) == cfg.samples * (cfg.reask + 1) and mine["reject_reason"].notna().all())), record.id
+    assert result.accepted + result.rejected + result.failed == len(rows)
+    with Ledger(ledger_path) as ledger:
+        assert ledger.duplicate_calls() == 0
+        assert stats["choices"] == ledger.counts()["samples"] == result.accepted + result.rejected
+    assert stats["requests"] == result.requests_sent
 
 
 def test_killed_run_resumes_with_only_the_missing_requests(ray_cluster, tmp_path):

@@ -29,10 +29,17 @@ def write_report(run_dir: Path, summary: dict, weak: pd.DataFrame | None = None)
     ax.set(title="test accuracy", xlabel="round", ylim=(0, 1))
     ax.legend(fontsize=8)
     ax = axes[1]
-    rates = [(r["teacher_accepted"] or 0) / max(1, (r["teacher_accepted"] or 0) + (r["teacher_rejected"] or 0))
-             for r in rounds]
-    ax.bar(ks, rates, color="tab:green")
-    ax.set(title="teacher acceptance rate", xlabel="round", ylim=(0, 1))
+    # The share of the rationales obtained that were accepted, rejected for the answer, rejected for a false step.
+    parts = [("teacher_accepted", "accepted", "tab:green"), ("teacher_rejected_answer", "wrong answer", "tab:red"),
+             ("teacher_rejected_steps", "false step", "tab:orange")]
+    totals = [max(1, sum(r.get(key) or 0 for key, _, _ in parts)) for r in rounds]
+    bottom = [0.0] * len(rounds)
+    for key, label, color in parts:
+        share = [(r.get(key) or 0) / total for r, total in zip(rounds, totals)]
+        ax.bar(ks, share, bottom=bottom, color=color, label=label)
+        bottom = [b + s for b, s in zip(bottom, share)]
+    ax.set(title="teacher rationales", xlabel="round", ylim=(0, 1))
+    ax.legend(fontsize=7)
     ax = axes[2]
     ax.plot(ks, [r["lm_loss"] for r in rounds], "o-", label="L_lm")
     ax.plot(ks, [r["reflection_loss"] for r in rounds], "s-", label="L_ref")

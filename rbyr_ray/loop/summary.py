@@ -5,7 +5,7 @@ from __future__ import annotations
 from .rundir import RunDir
 
 ROUND_FIELDS = ["test_accuracy", "exam_accuracy", "mistake_questions", "teacher_requests", "teacher_ledger_hits",
-                "teacher_accepted", "teacher_rejected", "lm_loss", "reflection_loss"]
+                "teacher_accepted", "teacher_rejected_answer", "teacher_rejected_steps", "lm_loss", "reflection_loss"]
 
 
 def build_summary(rd: RunDir) -> dict:
@@ -26,6 +26,10 @@ def build_summary(rd: RunDir) -> dict:
             "teacher_ledger_hits": teacher.get("teacher_ledger_hits"),
             "teacher_accepted": teacher.get("teacher_accepted"),
             "teacher_rejected": teacher.get("teacher_rejected"),
+            # Rejected for a wrong (or no) final answer, and for a false step; runs from before the steps gate
+            # rejected only for the answer.
+            "teacher_rejected_answer": teacher.get("teacher_rejected_answer", teacher.get("teacher_rejected")),
+            "teacher_rejected_steps": teacher.get("teacher_rejected_steps", 0 if teacher else None),
             "lm_loss": train.get("lm_loss"),
             "reflection_loss": train.get("reflection_loss"),
             "wall_s": {e["stage"]: e["wall_s"] for e in rd.manifest["stages"].values() if e["round"] == k},
@@ -52,7 +56,7 @@ def _cell(value, width: int) -> str:
 
 
 def format_round_table(summary: dict) -> str:
-    headers = ["round", "test_acc", "exam_acc", "mistakes", "t_req", "t_hits", "t_acc", "t_rej", "lm_loss", "ref_loss",
+    headers = ["round", "test_acc", "exam_acc", "mistakes", "t_req", "t_hits", "t_acc", "t_rej_a", "t_rej_s", "lm_loss", "ref_loss",
                "wall_s"]
     lines = [" ".join(h.rjust(9) for h in headers)]
     for r in summary["rounds"]:

@@ -1,5 +1,6 @@
 """What the local teacher server writes: exact rationales (`solver`), worked solutions (`reference`), and the
-deliberately bad answers of fault injection (a wrong answer told fluently, or unparseable text).
+deliberately bad answers of fault injection (a wrong answer told fluently, unparseable text, or the right
+answer reached by a false step).
 
     solver = SolverBackend()
     solver.answer(messages, variant=1)   # "First, 12 + 7 = 19. Then 19 - 3 = 16.\\nAnswer: 16"
@@ -25,6 +26,9 @@ class Backend(Protocol):
     def answer(self, messages: list[dict], variant: int) -> str: ...
 
     def wrong(self, messages: list[dict], rng: random.Random) -> str: ...
+
+    # The right final answer after one false intermediate step; None when the backend cannot write one.
+    def false_step(self, messages: list[dict], rng: random.Random) -> str | None: ...
 
 
 # Wording variants of a step chain: (opener, connector before each later step). Every variant keeps one
@@ -116,6 +120,26 @@ class SolverBackend:
             return self._slip_last(start, chain, rng)
         return f"{phrase_steps(equations, rng.randrange(len(_VARIANTS)))}\nAnswer: {value}"
 
+    def false_step(self, messages: list[dict], rng: random.Random) -> str | None:
+        """A fluent rationale whose final answer is right but one of whose steps is false: a weak teacher that
+        writes the hinted answer after a wrong derivation. The slip is in an intermediate step when there are
+        several (later steps go on from the true value), else in the only one."""
+        parsed = self._parse(messages)
+        if parsed is None:
+            return None
+        start, steps = parsed
+        try:
+            chain = arith.solve(start, steps)
+        except ValueError:
+            return None
+        if not chain:
+            return f"{start} + 0 = {start + rng.choice([1, 2])}.\nAnswer: {start}"
+        slip_at = rng.randrange(len(chain) - 1) if len(chain) > 1 else 0
+        equations = [f"{a} {s.op} {s.operand} = {b}" for a, s, b in chain]
+        a, s, b = chain[slip_at]
+        equations[slip_at] = f"{a} {s.op} {s.operand} = {b + rng.choice([-3, -2, -1, 1, 2, 3, 10])}"
+        return f"{phrase_steps(equations, rng.randrange(len(_VARIANTS)))}\nAnswer: {_fmt(chain[-1][2])}"
+
     def _slip_last(self, start: int, chain: list, rng: random.Random) -> str:
         equations = [f"{a} {s.op} {s.operand} = {b}" for a, s, b in chain]
         a, s, b = chain[-1]
@@ -176,6 +200,20 @@ class ReferenceBackend:
             return UNKNOWN
         rationale, answer = hit
         return f"{rationale}\nAnswer: {wrong_answer(answer, rng)}"
+
+    def false_step(self, messages: list[dict], rng: random.Random) -> str | None:
+        """The worked solution with one stated result changed ("48/2 = 25"), and the right answer; None when
+        it states no result to change (CSQA, StrategyQA)."""
+        hit = self._lookup(messages)
+        if hit is None:
+            return None
+        rationale, answer = hit
+        results = list(re.finditer(r"=\s*\$?(\d+)\b", rationale))
+        if not results:
+            return None
+        m = rng.choice(results)
+        slipped = str(int(m.group(1)) + rng.choice([1, 2, 3, 10]))
+        return f"{rationale[:m.start(1)]}{slipped}{rationale[m.end(1):]}\nAnswer: {answer}"
 
 
 def wrong_answer(answer: str, rng: random.Random) -> str:
@@ -258,3 +296,6 @@ class StudentBackend:
 
     def wrong(self, messages: list[dict], rng: random.Random) -> str:
         return f"{self.answer(messages, rng.randrange(1 << 16))}\nAnswer: {rng.randint(0, 99)}"
+
+    def false_step(self, messages: list[dict], rng: random.Random) -> str | None:
+        return None  # the student's own text: nothing to inject

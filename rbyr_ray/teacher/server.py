@@ -8,8 +8,9 @@ backed by the `solver` or `reference` backend, with fault injection for robustne
 
 Per request, after the added latency (an `asyncio.sleep`, so it never blocks other requests): with
 probability error_rate an HTTP 500, else rate_limit_rate an HTTP 429; otherwise each of the n choices is,
-independently, a wrong answer (wrong_rate), unparseable text (garbage_rate) or the backend's correct one.
-`GET /stats` counts what the server did, so tests can check how many requests actually arrived.
+independently, a wrong answer (wrong_rate), unparseable text (garbage_rate), the right answer after one false
+step (false_step_rate) or the backend's correct one.
+`GET /stats` counts what the server did (injected faults included), so tests can check what actually arrived.
 """
 
 from __future__ import annotations
@@ -45,10 +46,12 @@ class Faults:
     rate_limit_rate: float = 0.0
     wrong_rate: float = 0.0
     garbage_rate: float = 0.0
+    false_step_rate: float = 0.0
 
     @classmethod
     def from_config(cls, cfg: TeacherConfig) -> Faults:
-        return cls(cfg.latency_ms, cfg.error_rate, cfg.rate_limit_rate, cfg.wrong_rate, cfg.garbage_rate)
+        return cls(cfg.latency_ms, cfg.error_rate, cfg.rate_limit_rate, cfg.wrong_rate, cfg.garbage_rate,
+                   cfg.false_step_rate)
 
 
 @dataclass
@@ -59,6 +62,9 @@ class ServerStats:
     errors_500: int = 0
     errors_429: int = 0
     unauthorized: int = 0
+    wrong: int = 0          # choices with an injected wrong answer
+    garbage: int = 0        # unparseable choices
+    false_steps: int = 0    # choices with the right answer after an injected false step
     started_at: float = field(default_factory=time.time)
 
 
@@ -129,10 +135,16 @@ def make_app(backend: Backend, *, model: str = "rbyr-local-teacher", faults: Fau
         texts = []
         for i in range(n):
             roll = rng.random()
+            bad = faults.wrong_rate + faults.garbage_rate
             if roll < faults.wrong_rate:
+                stats.wrong += 1
                 texts.append(backend.wrong(messages, rng))
-            elif roll < faults.wrong_rate + faults.garbage_rate:
+            elif roll < bad:
+                stats.garbage += 1
                 texts.append(garbage(rng))
+            elif roll < bad + faults.false_step_rate and (slipped := backend.false_step(messages, rng)) is not None:
+                stats.false_steps += 1
+                texts.append(slipped)
             elif batcher is not None:
                 texts.append(batcher.submit(messages, offset + i))
             else:
@@ -280,7 +292,7 @@ class LocalTeacherServer:
                "--task-config", task_file, "--host", self.host, "--port", "0", "--model", self.teacher_cfg.model,
                "--latency-ms", str(f.latency_ms), "--error-rate", str(f.error_rate),
                "--rate-limit-rate", str(f.rate_limit_rate), "--wrong-rate", str(f.wrong_rate),
-               "--garbage-rate", str(f.garbage_rate)]
+               "--garbage-rate", str(f.garbage_rate), "--false-step-rate", str(f.false_step_rate)]
         if self.seed is not None:
             cmd += ["--seed", str(self.seed)]
         return cmd + self.extra_args

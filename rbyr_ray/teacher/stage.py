@@ -1,16 +1,23 @@
 """The teacher stage of a round: a Ray Data pipeline of async actors that ask the teacher through the ledger,
-grade every rationale against the gold answer (the quality gate), and write teacher.parquet.
+grade every rationale against the gold answer and, under `teacher.gate: steps`, check its arithmetic steps
+(the quality gate), and write teacher.parquet.
 
     result = annotate(data.train, cfg.teacher, answer_type="numeric", base_url=url,
                       ledger_path="runs/x/teacher_ledger.sqlite", out_path="runs/x/round1/teacher.parquet")
     result.accepted, result.requests_sent, result.ledger_hits
-    result.rows        # id, sample, rationale, predicted, accepted, error, cached, kind (+ text, attempt, ...)
+    result.rows        # id, sample, rationale, predicted, accepted, reject_reason, ... (ROW_COLUMNS)
 
 `mistakes=None`: the round-1 few-shot CoT prompt for every record. Otherwise the feedback prompt (one of the
 student's wrong rationales, chosen by `seed`, plus the hint) for the records in `mistakes` only.
 Each question asks for k = cfg.samples samples (indices 0..k-1); with cfg.reask = m, a question without an
 accepted rationale is asked again for samples k..2k-1, and so on, up to m times. A question whose requests
 failed for good appears with its error in the `error` column: never silently dropped.
+
+The gate (`resolve_gate`): `answer` accepts a rationale whose final answer equals the gold one; `steps` also
+needs every checked step `<expression> = <number>` of the rationale (the text before its "Answer:" line) to
+be true. `reject_reason` says why a rationale was not accepted: `unparseable` (no final answer found),
+`wrong_answer`, or `false_step: 22 + 81 = 203` (all its false steps, joined by "; "). The false steps of every
+numeric rationale are recorded (`false_steps`, `steps_checked`) under either gate.
 """
 
 from __future__ import annotations
@@ -32,11 +39,12 @@ from ..config import TeacherConfig
 from ..tasks.grading import answers_match, extract_answer
 from ..tasks.prompts import strip_answer_line, teacher_cot_messages, teacher_feedback_messages
 from ..tasks.records import Record
+from ..tasks.steps import check_steps
 
 log = logging.getLogger(__name__)
 
-ROW_COLUMNS = ["id", "sample", "rationale", "predicted", "accepted", "error", "cached", "kind", "text", "attempt",
-               "http_requests", "tokens", "cost_usd"]
+ROW_COLUMNS = ["id", "sample", "rationale", "predicted", "accepted", "reject_reason", "false_steps", "steps_checked",
+               "error", "cached", "kind", "text", "attempt", "http_requests", "tokens", "cost_usd"]
 
 
 @dataclass
@@ -45,21 +53,60 @@ class TeacherResult:
     questions: int
     requests_sent: int   # HTTP requests sent by this call, retries included
     ledger_hits: int     # samples served from the ledger instead of the server
-    accepted: int        # rationales whose final answer equals the gold answer
-    rejected: int        # rationales obtained but wrong or unparseable
+    accepted: int        # rationales that passed the gate (right final answer; under `steps`, no false step)
+    rejected: int        # rationales obtained but rejected: rejected_answer + rejected_steps
     failed: int          # samples not obtained (retries exhausted, non-retryable error, or budget)
     tokens: int          # spent by requests this call sent
     cost_usd: float
     wall_s: float
     out_path: str | None = None
     budget_message: str | None = None
+    rejected_answer: int = 0  # for a wrong or missing final answer
+    rejected_steps: int = 0   # right final answer, but a false step (gate `steps`)
+    gate: str = "answer"      # the gate applied (`auto` resolved)
 
     def summary(self) -> dict:
         """The CLI's --json line."""
         return {"questions": self.questions, "accepted": self.accepted, "rejected": self.rejected,
+                "rejected_answer": self.rejected_answer, "rejected_steps": self.rejected_steps, "gate": self.gate,
                 "failed": self.failed, "requests_sent": self.requests_sent, "ledger_hits": self.ledger_hits,
                 "tokens": self.tokens, "cost_usd": round(self.cost_usd, 6), "wall_s": round(self.wall_s, 3),
                 "budget_exhausted": self.budget_message is not None}
+
+
+# ----------------------------------------------------------------------------------------- the gate
+
+
+def resolve_gate(gate: str, answer_type: str) -> str:
+    """The gate applied: `auto` is `steps` for numeric tasks; a choice or yes/no task has nothing to compute,
+    so any gate is `answer` there."""
+    if answer_type != "numeric":
+        return "answer"
+    return "steps" if gate == "auto" else gate
+
+
+@dataclass(frozen=True)
+class Verdict:
+    accepted: bool
+    reject_reason: str | None  # None when accepted or not obtained
+    false_steps: str | None    # the false steps joined by "; " ("" when none; None when not checked)
+    steps_checked: int
+
+
+def judge(text: str | None, predicted: str | None, gold: str, answer_type: str, gate: str) -> Verdict:
+    """The quality gate for one teacher answer (`gate` already resolved)."""
+    if text is None:
+        return Verdict(False, None, None, 0)
+    steps = check_steps(strip_answer_line(text)) if answer_type == "numeric" else None
+    false = "; ".join(steps.false_steps) if steps is not None else None
+    checked = steps.checked if steps is not None else 0
+    if predicted is None:
+        return Verdict(False, "unparseable", false, checked)
+    if not answers_match(answer_type, predicted, gold):
+        return Verdict(False, "wrong_answer", false, checked)
+    if gate == "steps" and false:
+        return Verdict(False, f"false_step: {false}", false, checked)
+    return Verdict(True, None, false, checked)
 
 
 # ----------------------------------------------------------------------------------------- requests
@@ -102,6 +149,7 @@ class TeacherUDF:
 
         self.cfg = TeacherConfig.model_validate(cfg)
         self.answer_type = answer_type
+        self.gate = resolve_gate(self.cfg.gate, answer_type)
         client = TeacherClient.from_config(self.cfg, base_url, share=share)
         self.teacher = CachedTeacher(client, Ledger(ledger_path), self.cfg)
 
@@ -121,11 +169,12 @@ class TeacherUDF:
             for i in indices:
                 text = got.texts.get(i)
                 predicted = extract_answer(self.answer_type, text, choices) if text is not None else None
+                verdict = judge(text, predicted, row["answer"], self.answer_type, self.gate)
                 out.append({
                     "order": row["order"], "id": row["id"], "sample": i,
                     "rationale": strip_answer_line(text) if text is not None else "",
-                    "predicted": predicted,
-                    "accepted": text is not None and answers_match(self.answer_type, predicted, row["answer"]),
+                    "predicted": predicted, "accepted": verdict.accepted, "reject_reason": verdict.reject_reason,
+                    "false_steps": verdict.false_steps, "steps_checked": verdict.steps_checked,
                     "error": got.errors.get(i), "cached": i in got.cached, "kind": row["kind"],
                     "text": text, "attempt": attempt,
                     # Per-question accounting rides on one row so that column sums are totals.
@@ -134,6 +183,7 @@ class TeacherUDF:
                 })
                 first = False
             budget_hit = any(e.startswith("teacher budget reached") for e in got.errors.values())
+            # A question whose rationales were all rejected, for either reason, is asked again (teacher.reask).
             if budget_hit or any(r["accepted"] for r in out):
                 break
         return out
@@ -194,16 +244,19 @@ def annotate(records: Sequence[Record], cfg: TeacherConfig, *, answer_type: str,
         rows = ds.to_pandas()
         rows = rows.sort_values(["order", "sample"], kind="stable").drop(columns=["order"]).reset_index(drop=True)
     rows = rows.astype({"sample": "int64", "accepted": "bool", "cached": "bool", "attempt": "int64",
-                        "http_requests": "int64", "tokens": "int64", "cost_usd": "float64"})
+                        "steps_checked": "int64", "http_requests": "int64", "tokens": "int64", "cost_usd": "float64"})
     errors = rows["error"].dropna()
     budget = next((e for e in errors if str(e).startswith("teacher budget reached")), None)
     obtained = rows["text"].notna()
+    for_steps = rows["reject_reason"].fillna("").str.startswith("false_step")
     result = TeacherResult(
         rows=rows, questions=len(requests), requests_sent=int(rows["http_requests"].sum()),
         ledger_hits=int(rows["cached"].sum()), accepted=int(rows["accepted"].sum()),
         rejected=int((obtained & ~rows["accepted"]).sum()), failed=int((~obtained).sum()),
         tokens=int(rows["tokens"].sum()), cost_usd=float(rows["cost_usd"].sum()),
-        wall_s=time.monotonic() - start, budget_message=budget)
+        wall_s=time.monotonic() - start, budget_message=budget,
+        rejected_answer=int((obtained & ~rows["accepted"] & ~for_steps).sum()), rejected_steps=int(for_steps.sum()),
+        gate=resolve_gate(cfg.gate, answer_type))
     out_file = _out_file(out_path)
     if out_file is not None:
         out_file.parent.mkdir(parents=True, exist_ok=True)
@@ -211,7 +264,8 @@ def annotate(records: Sequence[Record], cfg: TeacherConfig, *, answer_type: str,
         result.out_path = str(out_file)
     if budget:
         log.warning("%s", budget)
-    log.info("teacher: %d questions, %d accepted, %d rejected, %d failed; %d requests sent, %d ledger hits",
-             result.questions, result.accepted, result.rejected, result.failed, result.requests_sent,
+    log.info("teacher: %d questions, %d accepted, %d rejected (%d for the answer, %d for a false step; gate %s), "
+             "%d failed; %d requests sent, %d ledger hits", result.questions, result.accepted, result.rejected,
+             result.rejected_answer, result.rejected_steps, result.gate, result.failed, result.requests_sent,
              result.ledger_hits)
     return result
