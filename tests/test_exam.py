@@ -79,6 +79,39 @@ def test_an_engine_error_fails_only_its_own_row():
     assert [o.text for i, o in enumerate(outs) if i != 1] == ["2 + 2 = 4.\nAnswer: 4"] * 3
 
 
+def test_a_right_answer_reached_by_a_false_step_is_marked_and_a_mistake_under_exam_mistakes_steps(tmp_path):
+    """`correct` stays answer-based; `false_steps` names the false steps of the graded text (up to the blank
+    line); read_mistakes counts such a sample only with exam.mistakes=steps (and so asks the teacher about it)."""
+    from types import SimpleNamespace
+
+    from rbyr_ray.loop.rounds import read_mistakes
+
+    worker = ExamWorker.__new__(ExamWorker)  # grading alone, without loading a model
+    worker.engine_name, worker.answer_type = "hf", "numeric"
+    texts = {"right": "12 + 7 = 19. 19 - 3 = 16.\nAnswer: 16",
+             "false_step": "12 + 7 = 20. 19 - 3 = 16.\nAnswer: 16",
+             "wrong": "12 + 7 = 19. 19 - 3 = 15.\nAnswer: 15",
+             "after_blank": "12 + 7 = 19. 19 - 3 = 16.\nAnswer: 16\n\n2 + 2 = 5"}
+    rows = pd.DataFrame([worker._grade(pd.Series({"id": qid, "sample": 0, "answer": "16", "choices": []}),
+                                       Generation(text, 12)) for qid, text in texts.items()])
+    assert list(rows.columns) == COLUMNS
+    assert rows["correct"].tolist() == [True, True, False, True]
+    assert rows["false_steps"].tolist() == ["", "12 + 7 = 20", "19 - 3 = 15", ""]
+    worker.answer_type = "choice"  # nothing to compute: never marked
+    choice = worker._grade(pd.Series({"id": "c", "sample": 0, "answer": "b", "choices": ["x", "y"]}),
+                           Generation("2 + 2 = 5, so (b).", 5))
+    assert choice["correct"] and choice["false_steps"] == ""
+
+    (tmp_path / "round_2").mkdir()
+    rows.to_parquet(tmp_path / "round_2" / "exam.parquet")
+    rd = SimpleNamespace(path=tmp_path)
+    assert read_mistakes(rd, 2, 4) == {"wrong": [texts["wrong"]]}
+    assert read_mistakes(rd, 2, 4, "steps") == {"false_step": [texts["false_step"]], "wrong": [texts["wrong"]]}
+    # An exam written before the column existed: mistakes by the answer alone, in either mode.
+    rows.drop(columns="false_steps").to_parquet(tmp_path / "round_2" / "exam.parquet")
+    assert read_mistakes(rd, 2, 4, "steps") == {"wrong": [texts["wrong"]]}
+
+
 def test_cli_eval_prints_accuracy_and_a_json_line(ray_cluster, tmp_path, capsys):
     from rbyr_ray.cli import main
 

@@ -82,7 +82,7 @@ def _rounds(cfg: ExperimentConfig, rd: RunDir, tracker: Tracker, on_round: Calla
         exam_round = k if k >= 2 else 0
         if k >= 2:
             stage.exam(k, task.train, model, answer_type)
-        mistakes = read_mistakes(rd, exam_round, cfg.train.reflection.max_negatives)
+        mistakes = read_mistakes(rd, exam_round, cfg.train.reflection.max_negatives, cfg.exam.mistakes)
 
         # 2. Teacher: round 1 covers the whole training set with few-shot CoT; later rounds only the
         #    questions with mistakes, with the feedback prompt (wrong rationale + hint).
@@ -108,13 +108,18 @@ def _rounds(cfg: ExperimentConfig, rd: RunDir, tracker: Tracker, on_round: Calla
             break
 
 
-def read_mistakes(rd: RunDir, exam_round: int, max_negatives: int) -> dict[str, list[str]]:
-    """Question id -> the student's distinct wrong rationales (up to max_negatives) from a round's exam."""
+def read_mistakes(rd: RunDir, exam_round: int, max_negatives: int, mode: str = "answer") -> dict[str, list[str]]:
+    """Question id -> the student's distinct wrong rationales (up to max_negatives) from a round's exam.
+
+    mode (exam.mistakes): "answer", wrong final answers; "steps", also right answers reached by a false step.
+    """
+    from ..student.exam import mistake_mask
+
     path = rd.path / f"round_{exam_round}" / "exam.parquet"
     if not path.exists():
         return {}
-    rows = pd.read_parquet(path, columns=["id", "rationale", "correct", "error"])
-    wrong = rows[(~rows["correct"].astype(bool)) & rows["error"].isna()]
+    rows = pd.read_parquet(path)
+    wrong = rows[mistake_mask(rows, mode) & rows["error"].isna()]
     mistakes: dict[str, list[str]] = {}
     for qid, rationale in zip(wrong["id"], wrong["rationale"]):
         kept = mistakes.setdefault(qid, [])
@@ -143,7 +148,7 @@ class _StageRunner:
         return metrics
 
     def exam(self, k: int, questions: list[Record], model: str, answer_type: str) -> dict:
-        from ..student.exam import run_exam
+        from ..student.exam import mistake_mask, run_exam
 
         def go():
             limit = self.cfg.exam.limit
@@ -151,10 +156,13 @@ class _StageRunner:
                               samples=self.cfg.exam.samples, greedy=False,
                               max_new_tokens=self.cfg.exam.max_new_tokens or TASKS[self.cfg.task.name].max_new_tokens,
                               out_path=self.rd.round_dir(k) / "exam.parquet", seed=self.cfg.seed + k)
-            wrong = result.rows[~result.rows["correct"].astype(bool)]
-            return {"exam_accuracy": result.sample_accuracy, "questions": int(result.rows["id"].nunique()),
-                    "mistake_questions": int(wrong["id"].nunique()), "failed_rows": int(result.rows["error"].notna().sum()),
-                    "tokens_per_s": result.tokens_per_s}
+            rows = result.rows
+            wrong = rows[mistake_mask(rows, self.cfg.exam.mistakes)]
+            # Right answers reached by a false step: mistakes under exam.mistakes=steps, counted either way.
+            right_by_false_step = rows["correct"].astype(bool) & (rows["false_steps"].fillna("").str.len() > 0)
+            return {"exam_accuracy": result.sample_accuracy, "questions": int(rows["id"].nunique()),
+                    "mistake_questions": int(wrong["id"].nunique()), "failed_rows": int(rows["error"].notna().sum()),
+                    "false_step_samples": int(right_by_false_step.sum()), "tokens_per_s": result.tokens_per_s}
         return self._run(k, "exam", go)
 
     def evaluate(self, k: int, questions: list[Record], model: str, answer_type: str) -> dict:
@@ -177,7 +185,8 @@ class _StageRunner:
                                   mistakes=mistakes, seed=self.cfg.seed + k)
             return {"questions": len(questions), "teacher_requests": result.requests_sent,
                     "teacher_ledger_hits": result.ledger_hits, "teacher_accepted": result.accepted,
-                    "teacher_rejected": result.rejected, "teacher_failed": result.failed,
+                    "teacher_rejected": result.rejected, "teacher_rejected_answer": result.rejected_answer,
+                    "teacher_rejected_steps": result.rejected_steps, "teacher_failed": result.failed,
                     "teacher_tokens": result.tokens, "teacher_cost_usd": result.cost_usd}
         return self._run(k, "teacher", go)
 
@@ -194,7 +203,8 @@ class _StageRunner:
             all_mistakes = dict(mistakes)
             if self.cfg.train.all_rounds_data:  # negatives from every exam so far
                 for j in range(k):
-                    for qid, wrong in read_mistakes(self.rd, j, self.cfg.train.reflection.max_negatives).items():
+                    for qid, wrong in read_mistakes(self.rd, j, self.cfg.train.reflection.max_negatives,
+                                                    self.cfg.exam.mistakes).items():
                         all_mistakes.setdefault(qid, wrong)
             items = build_train_items(teacher_rows, all_mistakes, records, load_tokenizer(model, "right"),
                                       self.cfg.train, answer_type=answer_type, seed=self.cfg.seed + k)

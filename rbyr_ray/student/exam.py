@@ -1,7 +1,8 @@
 """The exam and the evaluation: one Ray Data pipeline from questions to graded rows in Parquet.
 
     questions ─ from_items ─▶ map_batches(ExamWorker, actor pool of cfg.exam.replicas engine replicas)
-              ─▶ graded rows (id, sample, rationale, predicted, correct, engine, error, n_tokens) ─▶ Parquet
+              ─▶ graded rows (id, sample, rationale, predicted, correct, false_steps, engine, error, n_tokens)
+              ─▶ Parquet
 
 Each question becomes `samples` rows; each row's prompt is `prompts.student_prefix(record)`; generation
 stops at the blank line (and eos). Evaluation is the same pipeline with greedy decoding and one sample.
@@ -9,6 +10,10 @@ stops at the blank line (and eos). Evaluation is the same pipeline with greedy d
     result = run_exam(data.train, "smollm2-135m", cfg, answer_type="numeric", samples=4, greedy=False,
                       max_new_tokens=96, out_path="runs/x/exam_r1.parquet", seed=0)
     result.accuracy, result.sample_accuracy, result.tokens_per_s
+
+`correct` is answer-based (METHOD.md); `false_steps` lists the false arithmetic steps of a numeric sample
+(tasks.check_steps, joined by "; ", "" when none), so that a right answer reached by a false step is marked;
+with `exam.mistakes: steps` such a sample is a mistake too (`mistake_mask`).
 
 Failure isolation: a row whose prompt does not fit the context, or whose generation raises, becomes a row
 with `error` set (and correct=False); the rest of the exam completes.
@@ -28,15 +33,25 @@ import pandas as pd
 
 from ..config import ExamConfig, ExperimentConfig
 from ..placement import bundle, release, reserve
-from ..tasks.grading import answers_match, extract_answer
+from ..tasks.grading import answers_match, extract_answer, first_block
 from ..tasks.prompts import student_prefix
 from ..tasks.records import AnswerType, Record
+from ..tasks.steps import check_steps
 from .engines import Generation, SamplingSpec, make_engine
 from .models import load_tokenizer, max_context, resolve_model_dir
 
 log = logging.getLogger(__name__)
 
-COLUMNS = ["id", "sample", "rationale", "predicted", "correct", "engine", "error", "n_tokens"]
+COLUMNS = ["id", "sample", "rationale", "predicted", "correct", "false_steps", "engine", "error", "n_tokens"]
+
+
+def mistake_mask(rows: pd.DataFrame, mode: str = "answer") -> pd.Series:
+    """The exam's mistakes: wrong samples; with mode "steps" (exam.mistakes) also right answers reached by a
+    false step. Rows written before the `false_steps` column existed have none."""
+    wrong = ~rows["correct"].astype(bool)
+    if mode == "steps" and "false_steps" in rows:
+        wrong |= rows["false_steps"].fillna("").astype(str).str.len() > 0
+    return wrong
 
 
 @dataclass(frozen=True)
@@ -134,12 +149,15 @@ class ExamWorker:
     def _grade(self, row: pd.Series, out: Generation | str) -> dict:
         if isinstance(out, str):
             return {"id": row["id"], "sample": int(row["sample"]), "rationale": "", "predicted": None,
-                    "correct": False, "engine": self.engine_name, "error": out, "n_tokens": 0}
+                    "correct": False, "false_steps": "", "engine": self.engine_name, "error": out, "n_tokens": 0}
         choices = list(row["choices"]) if row["choices"] is not None else []
         predicted = extract_answer(self.answer_type, out.text, choices)
+        # The steps of the text that was graded (up to the blank line); nothing to compute in choice/yes-no tasks.
+        false = check_steps(first_block(out.text)).false_steps if self.answer_type == "numeric" else []
         return {"id": row["id"], "sample": int(row["sample"]), "rationale": out.text, "predicted": predicted,
                 "correct": bool(answers_match(self.answer_type, predicted, row["answer"])),
-                "engine": self.engine_name, "error": None, "n_tokens": out.n_tokens}
+                "false_steps": "; ".join(false), "engine": self.engine_name, "error": None,
+                "n_tokens": out.n_tokens}
 
     def __del__(self) -> None:
         engine = getattr(self, "engine", None)
@@ -256,7 +274,7 @@ def _complete(rows: pd.DataFrame, items: list[dict], engine: str) -> pd.DataFram
     """Rows the pipeline never returned (a lost batch) become failed rows, so every (id, sample) is present."""
     seen = set(zip(rows["id"], rows["sample"].astype(int))) if not rows.empty else set()
     missing = [{"id": it["id"], "sample": it["sample"], "rationale": "", "predicted": None, "correct": False,
-                "engine": engine, "error": "no result: the batch was lost", "n_tokens": 0}
+                "false_steps": "", "engine": engine, "error": "no result: the batch was lost", "n_tokens": 0}
                for it in items if (it["id"], it["sample"]) not in seen]
     if missing:
         rows = pd.concat([rows, pd.DataFrame(missing)], ignore_index=True)
