@@ -157,8 +157,11 @@ class EvalConfig(_Section):
 
 class ReflectionConfig(_Section):
     weight: float = Field(0.5, ge=0.0, description="lambda in L = L_lm + lambda * L_ref")
-    margin: float = Field(1.0, ge=0.0)
+    # triplet: the paper's L_ref on hidden states; ranking: DPO's loss, teacher rationale over the student's mistake.
+    kind: Literal["triplet", "ranking"] = "triplet"
+    margin: float = Field(1.0, ge=0.0, description="triplet: the hinge's margin on cosine similarities")
     pooling: Literal["last", "mean"] = "last"
+    beta: float = Field(0.1, gt=0.0, description="ranking: DPO's beta on the log-likelihood ratios")
     max_positives: int = Field(10, ge=1)
     max_negatives: int = Field(4, ge=1)
     max_rationale_tokens: int = Field(192, ge=8)

@@ -1,4 +1,5 @@
-"""The math of L = L_lm + lambda * L_ref against straightforward reference loops (METHOD.md "L_lm", "L_ref").
+"""The math of L = L_lm + lambda * L_ref against straightforward reference loops (METHOD.md "L_lm", "L_ref",
+"L_ref variant: ranking"), and the learning signals logged beside it.
 
 A tiny random Llama in float64, so every comparison is tight.
 """
@@ -12,7 +13,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from rbyr_ray.train.data import collate
-from rbyr_ray.train.losses import reflection_loss, weighted_lm_loss
+from rbyr_ray.train.losses import preference_loss, reflection_loss, sequence_logp, weighted_lm_loss
 from rbyr_ray.train.objective import ReflectionObjective
 
 PAD = 0
@@ -169,4 +170,147 @@ def test_gradients_reach_the_model_through_anchor_positive_and_negative(model):
     for name, tokens in {"anchor": range(10, 16), "positive": range(20, 27), "negative": range(30, 37)}.items():
         assert all(row_norm[t] > 0 for t in tokens), name
     assert all(row_norm[t] == 0 for t in range(16, 20)), "the invalid item's anchor has no L_ref gradient"
+    assert not math.isnan(row_norm.sum().item())
+
+
+# ------------------------------------------------------------------ the learning signal and the ranking variant
+
+
+def reference_signals(model, rows, margin) -> dict:
+    """Means over valid items of cos(a,p), cos(a,n), their gap and the active hinges, one row at a time."""
+    ap, an = [], []
+    for row in rows:
+        if row["valid"]:
+            a, p, n = (last_hidden(model, row[k]) for k in ("input_ids", "pos_ids", "neg_ids"))
+            ap.append(cos(a, p))
+            an.append(cos(a, n))
+    gaps = [x - y for x, y in zip(ap, an)]
+    return {"reflection_cos_ap": sum(ap) / len(ap), "reflection_cos_an": sum(an) / len(an),
+            "reflection_gap": sum(gaps) / len(gaps), "reflection_active": sum(g < margin for g in gaps) / len(gaps)}
+
+
+@pytest.mark.parametrize("margin", [1.0, 0.0])
+def test_triplet_signals_match_reference(model, margin):
+    rows = items()
+    out = ReflectionObjective(model, weight=0.5, margin=margin)(collate(rows, PAD, W_PREFIX))
+    assert out["n_valid"].item() == 2
+    for key, value in reference_signals(model, rows, margin).items():
+        assert out[key].item() == pytest.approx(value, rel=1e-10, abs=1e-12), key
+
+
+def ranking_items() -> list[dict]:
+    """items() plus a negative-only item: ranking needs a rejected rationale, not a positive."""
+    rows = items()
+    rows[2] = dict(rows[2], neg_ids=[6, 7, 8, 9, 37, 38, 43, 44], neg_n_rationale=2)  # invalid for the triplet
+    rows.append(item([1, 4], [19], [45]))  # no negative at all: invalid for both
+    return rows
+
+
+def reference_seq_logp(model, ids, n_prefix) -> float:
+    """sum of log p(token | earlier tokens) over the tokens after the prefix, one unpadded row."""
+    logp = torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0], dim=-1)
+    return sum(logp[t - 1, ids[t]].item() for t in range(n_prefix, len(ids)))
+
+
+def test_sequence_logp_sums_the_target_tokens(model):
+    rows = ranking_items()
+    batch = collate(rows, PAD, W_PREFIX, kind="ranking")
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    got = sequence_logp(logits, batch["input_ids"], batch["target_mask"])
+    for i, row in enumerate(rows):
+        assert got[i].item() == pytest.approx(reference_seq_logp(model, row["input_ids"], row["n_prefix"]), rel=1e-10)
+    assert batch["valid"].tolist() == [True, True, True, False]
+
+
+def reference_dpo(c, r, rc, rr, beta) -> float:
+    x = beta * ((c - rc) - (r - rr))
+    return -math.log(1.0 / (1.0 + math.exp(-x)))
+
+
+def test_preference_loss_matches_reference_with_gradients_through_the_policy_only():
+    torch.manual_seed(2)
+    c, r = (torch.randn(6, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    rc, rr = (torch.randn(6, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    valid = torch.tensor([True, True, False, True, False, True])
+    beta = 0.7
+    loss = preference_loss(c, r, rc, rr, valid, beta)
+    terms = [reference_dpo(c[i].item(), r[i].item(), rc[i].item(), rr[i].item(), beta) for i in range(6) if valid[i]]
+    assert loss.item() == pytest.approx(sum(terms) / len(terms), rel=1e-12)
+    loss.backward()
+    # d/dc of -log sigmoid(beta * m) / n = -beta * sigmoid(-beta * m) / n; the rejected term with the opposite sign.
+    for i in range(6):
+        m = (c[i] - rc[i] - (r[i] - rr[i])).item()
+        want = -beta / (1.0 + math.exp(beta * m)) / len(terms) if valid[i] else 0.0
+        assert c.grad[i].item() == pytest.approx(want, rel=1e-10, abs=1e-15)
+        assert r.grad[i].item() == pytest.approx(-want, rel=1e-10, abs=1e-15)
+    assert rc.grad is None and rr.grad is None  # pi_ref is a constant
+
+
+def test_preference_loss_without_valid_items_is_zero_with_a_gradient_path():
+    c = torch.tensor([-40.0, -1e4], dtype=torch.float64, requires_grad=True)
+    r = torch.tensor([-1.0, 0.0], dtype=torch.float64, requires_grad=True)
+    zero = torch.zeros(2, dtype=torch.float64)
+    loss = preference_loss(c, r, zero, zero, torch.zeros(2, dtype=torch.bool))
+    assert loss.item() == 0.0 and loss.requires_grad
+    loss.backward()
+    assert torch.equal(c.grad, torch.zeros(2, dtype=torch.float64)) and not torch.isnan(r.grad).any()
+
+
+def with_reference(rows, model) -> list[dict]:
+    """The rows with pi_ref log-likelihoods: the policy's own, shifted, so the log-ratios are not all zero."""
+    out = []
+    for i, row in enumerate(rows):
+        has = len(row["neg_ids"]) > 0
+        out.append(dict(row, ref_chosen_logp=reference_seq_logp(model, row["input_ids"], row["n_prefix"]) + 0.3 * (i - 1),
+                        ref_rejected_logp=reference_seq_logp(model, row["neg_ids"], row["n_prefix"]) + 0.2 if has else 0.0))
+    return out
+
+
+def test_ranking_objective_matches_reference(model):
+    rows, beta = with_reference(ranking_items(), model), 0.5
+    out = ReflectionObjective(model, weight=0.5, kind="ranking", beta=beta)(collate(rows, PAD, W_PREFIX, kind="ranking"))
+    chosen, rejected = [], []
+    for row in rows[:3]:  # the valid ones
+        chosen.append(beta * (reference_seq_logp(model, row["input_ids"], row["n_prefix"]) - row["ref_chosen_logp"]))
+        rejected.append(beta * (reference_seq_logp(model, row["neg_ids"], row["n_prefix"]) - row["ref_rejected_logp"]))
+    rank = sum(-math.log(1.0 / (1.0 + math.exp(-(a - b)))) for a, b in zip(chosen, rejected)) / 3
+    lm = reference_lm(model, rows)
+    assert out["ref_loss"].item() == pytest.approx(rank, rel=1e-10)
+    assert out["loss"].item() == pytest.approx(lm + 0.5 * rank, rel=1e-10)
+    margins = [a - b for a, b in zip(chosen, rejected)]
+    assert out["rewards/chosen"].item() == pytest.approx(sum(chosen) / 3, rel=1e-10)
+    assert out["rewards/rejected"].item() == pytest.approx(sum(rejected) / 3, rel=1e-10)
+    assert out["rewards/margins"].item() == pytest.approx(sum(margins) / 3, rel=1e-10)
+    assert out["rewards/accuracies"].item() == pytest.approx(sum(m > 0 for m in margins) / 3)
+    assert 0 < sum(m > 0 for m in margins) < 3  # the shifts above make both outcomes occur
+
+
+def test_reference_logps_are_the_policy_log_likelihoods(model):
+    rows = ranking_items()
+    objective = ReflectionObjective(model, weight=0.5, kind="ranking")
+    chosen, rejected = objective.reference_logps(collate(rows, PAD, W_PREFIX, kind="ranking"))
+    assert not chosen.requires_grad
+    for i, row in enumerate(rows[:3]):
+        assert chosen[i].item() == pytest.approx(reference_seq_logp(model, row["input_ids"], row["n_prefix"]), rel=1e-10)
+        assert rejected[i].item() == pytest.approx(reference_seq_logp(model, row["neg_ids"], row["n_prefix"]), rel=1e-10)
+    assert rejected[3].item() == 0.0  # the stand-in (bare prefix) has no target tokens
+
+
+def test_ranking_gradients_reach_chosen_and_rejected_and_skip_invalid_items(model):
+    # With pi_ref = the policy itself, the margin is 0 and every valid item pulls with the same weight.
+    rows = ranking_items()
+    objective = ReflectionObjective(model, weight=1.0, kind="ranking")
+    ref_c, ref_r = objective.reference_logps(collate(rows, PAD, W_PREFIX, kind="ranking"))
+    rows = [dict(row, ref_chosen_logp=c, ref_rejected_logp=r) for row, c, r in zip(rows, ref_c.tolist(), ref_r.tolist())]
+    batch = collate(rows, PAD, W_PREFIX, kind="ranking")
+    out = objective(batch)
+    assert out["ref_loss"].item() == pytest.approx(math.log(2), rel=1e-10)  # -log sigmoid(0)
+    assert out["rewards/accuracies"].item() == 0.0 and out["rewards/margins"].item() == pytest.approx(0, abs=1e-12)
+    embeddings = model.model.embed_tokens.weight
+    total = torch.autograd.grad(out["loss"], embeddings)[0]
+    lm_only = torch.autograd.grad(ReflectionObjective(model, weight=0.0, kind="ranking")(batch)["loss"], embeddings)[0]
+    row_norm = (total - lm_only).norm(dim=1)
+    for name, tokens in {"chosen": [10, 11, 12, 13, 14, 15, 16, 17, 18], "rejected": [30, 31, 32, 33, 34, 35, 36, 37, 38]}.items():
+        assert all(row_norm[t] > 0 for t in tokens), name
+    assert row_norm[19] == 0 and row_norm[45] == 0, "the item without a negative has no L_rank gradient"
     assert not math.isnan(row_norm.sum().item())

@@ -153,3 +153,38 @@ def test_collate_builds_labels_weights_and_masks(items, tokenizer):
     assert batch["pos_attention_mask"][1].sum() == rows[2]["n_prefix"]  # the stand-in: the bare prefix
     r = batch["rationale_mask"][0]
     assert r.sum() == rows[0]["n_rationale"] and r[p] == 1 and r[p - 1] == 0
+
+
+def test_negative_only_items_keep_their_negative_for_ranking(items, tokenizer):
+    """q2 has a student mistake but one distinct teacher rationale: no triplet, but a ranking pair."""
+    prefix = prompts.student_prefix(RECORDS["q2"])
+    for _, row in items[items["id"] == "q2"].iterrows():
+        assert not row["valid"] and row["has_negative"] and len(row["pos_ids"]) == 0
+        assert tokenizer.decode(row["neg_ids"]) == prefix + "10 + 2 = 12.\nAnswer: 12" + tokenizer.eos_token
+    assert not items[items["id"] == "q3"]["has_negative"].any()  # no mistake: nothing to rank against
+    assert all(len(r) == 0 for r in items[~items["has_negative"]]["neg_ids"])
+    rows = items.to_dict("records")
+    triplet = collate([rows[0], rows[2], rows[4]], tokenizer.pad_token_id, 0.1)
+    assert triplet["valid"].tolist() == [True, False, False]
+    assert triplet["neg_attention_mask"][1].sum() == rows[2]["n_prefix"]  # the triplet ignores it: a stand-in
+    ranking = collate([rows[0], rows[2], rows[4]], tokenizer.pad_token_id, 0.1, kind="ranking")
+    assert ranking["valid"].tolist() == [True, True, False] and "pos_input_ids" not in ranking
+    assert ranking["neg_attention_mask"][1].sum() == len(rows[2]["neg_ids"])
+    # target tokens: everything after the prefix (rationale, answer line, eos); none for the stand-in
+    for i, row in enumerate([rows[0], rows[2]]):
+        assert ranking["target_mask"][i].sum() == len(row["input_ids"]) - row["n_prefix"]
+        assert ranking["neg_target_mask"][i].sum() == len(row["neg_ids"]) - row["n_prefix"]
+    assert ranking["neg_target_mask"][2].sum() == 0
+
+
+def test_negative_only_items_leave_the_triplets_draws_unchanged(tokenizer):
+    """Adding a question with a mistake but no positive must not change which positive/negative the others get."""
+    mistakes = {"q1": ["3 + 4 = 12.", "3 * 4 = 12."], "q3": ["5 + 5 = 10.", "5 * 2 = 10.", "5 - 1 = 4.", "6 - 1 = 5."]}
+    both = build_train_items(TEACHER, mistakes, RECORDS, tokenizer, TrainConfig(), answer_type="numeric", seed=3)
+    more = build_train_items(TEACHER, {**mistakes, "q2": ["10 + 2 = 12."]}, RECORDS, tokenizer, TrainConfig(),
+                             answer_type="numeric", seed=3)
+    keep = both["id"] != "q2"
+    for column in ("pos_ids", "neg_ids", "valid"):
+        assert [list(x) if hasattr(x, "__len__") else x for x in both[keep][column]] == \
+               [list(x) if hasattr(x, "__len__") else x for x in more[keep][column]], column
+    assert more[more["id"] == "q2"]["has_negative"].all() and not both[both["id"] == "q2"]["has_negative"].any()

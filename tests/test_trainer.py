@@ -5,6 +5,7 @@ Kept small for 2 shared cores: 6 one-step arithmetic questions, LoRA r=4, a few 
 
 from __future__ import annotations
 
+import math
 import os
 
 import pandas as pd
@@ -101,3 +102,17 @@ def test_a_killed_worker_is_restarted_and_resumes_from_its_checkpoint(ray_cluste
     assert not flag.exists()  # the worker did die
     assert result.resumed_from_step == 2 and result.steps == 3  # checkpoint at step 2, death in step 3
     assert os.path.isdir(result.model_dir)
+
+
+def test_ranking_prefers_the_teacher_rationale_over_the_mistake(ray_cluster, train_data, student, tmp_path):
+    # DPO beside L_lm on 2 DDP workers, pi_ref = the starting weights (computed once, before the first step).
+    reflection = {"kind": "ranking", "weight": 1.0, "beta": 0.5}
+    result = train_round(train_data, student, tmp_path, config(epochs=2, reflection=reflection), seed=0)
+    assert result.steps == 6 and result.reflection_items == 12  # every item has a negative
+    signals = result.signals
+    assert set(signals) == {"rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies"}
+    assert signals["rewards/margins"] == pytest.approx(signals["rewards/chosen"] - signals["rewards/rejected"], abs=1e-9)
+    # At the start every margin is 0 (L_rank = log 2); training on the teacher's text moves it the right way.
+    assert signals["rewards/margins"] > 0 and signals["rewards/accuracies"] > 0.5, signals
+    assert 0 < result.reflection_loss < math.log(2)
+    assert result.replica_max_diff == 0.0

@@ -8,6 +8,8 @@ One item per accepted teacher rationale t of a question q. All three sequences o
 
 rationale(x) is x without its own answer line, folded to one line and cut to `max_rationale_tokens` tokens;
 {pred} is the (wrong) answer the student's text gives, so the negative is the student's answer as written.
+`valid` marks items with both (the triplet's); `has_negative` items with a negative (all that `ranking` needs),
+so the rows are the same whichever loss trains on them.
 The pieces are tokenized separately and concatenated, so prefix and rationale lengths are exact and the
 prefix tokens are exactly those the exam feeds the student. A row stores token ids and lengths; `collate`
 builds labels, weights and masks from the lengths (pad == eos for SmolLM2, so pad ids say nothing).
@@ -28,7 +30,7 @@ from ..tasks.records import Record
 from .losses import IGNORE
 
 COLUMNS = ["id", "sample", "round", "input_ids", "n_prefix", "n_rationale",
-           "pos_ids", "pos_n_rationale", "neg_ids", "neg_n_rationale", "valid"]
+           "pos_ids", "pos_n_rationale", "neg_ids", "neg_n_rationale", "valid", "has_negative"]
 
 
 def _ids(tokenizer, text: str) -> list[int]:
@@ -75,11 +77,13 @@ def build_train_items(teacher_rows: pd.DataFrame, mistakes: Mapping[str, Sequenc
 
     Positives come from every accepted rationale in `teacher_rows` for the question (the first
     `max_positives` distinct ones, the anchor's own text excluded); negatives from the first `max_negatives`
-    distinct entries of `mistakes[id]`. An item without either has empty pos/neg ids and valid=False.
+    distinct entries of `mistakes[id]`. An item without a positive has empty pos ids and valid=False; without
+    a negative also empty neg ids and has_negative=False.
     `demos` are the few-shot demonstrations of the student prefix (none by default).
     """
     rcfg = cfg.reflection
     rng = random.Random(seed)
+    rng_neg = random.Random(seed + 1)  # negative-only items: their draws leave the triplets' as they always were
     accepted = teacher_rows[teacher_rows["accepted"].astype(bool)]
     pool = {qid: _distinct(group["rationale"].tolist(), rcfg.max_positives)
             for qid, group in accepted.groupby(accepted["id"].astype(str))}
@@ -95,9 +99,10 @@ def build_train_items(teacher_rows: pd.DataFrame, mistakes: Mapping[str, Sequenc
         pos_rat: list[int] = []
         neg_rat: list[int] = []
         predicted = None
-        if positives and negatives:
-            pos_rat = _rationale_ids(tokenizer, rng.choice(positives), rcfg.max_rationale_tokens)
-            wrong = rng.choice(negatives)
+        if negatives:
+            if positives:
+                pos_rat = _rationale_ids(tokenizer, rng.choice(positives), rcfg.max_rationale_tokens)
+            wrong = rng.choice(negatives) if positives else rng_neg.choice(negatives)
             neg_rat = _rationale_ids(tokenizer, wrong, rcfg.max_rationale_tokens)
             predicted = extract_answer(answer_type, wrong, record.choices)  # type: ignore[arg-type]
         valid = bool(pos_rat) and bool(neg_rat)
@@ -110,9 +115,10 @@ def build_train_items(teacher_rows: pd.DataFrame, mistakes: Mapping[str, Sequenc
             "n_rationale": len(rationale),
             "pos_ids": prefix + pos_rat + _answer_ids(tokenizer, record.answer) if valid else [],
             "pos_n_rationale": len(pos_rat) if valid else 0,
-            "neg_ids": prefix + neg_rat + _answer_ids(tokenizer, predicted) if valid else [],
-            "neg_n_rationale": len(neg_rat) if valid else 0,
+            "neg_ids": prefix + neg_rat + _answer_ids(tokenizer, predicted) if neg_rat else [],
+            "neg_n_rationale": len(neg_rat),
             "valid": valid,
+            "has_negative": bool(neg_rat),
         })
     return pd.DataFrame(rows, columns=COLUMNS)
 
@@ -162,13 +168,15 @@ def _span_mask(starts: Sequence[int], lengths: Sequence[int], width: int) -> tor
     return ((positions >= start) & (positions < start + length)).long()
 
 
-def collate(items: Sequence[Mapping], pad_id: int, w_prefix: float) -> dict[str, torch.Tensor]:
+def collate(items: Sequence[Mapping], pad_id: int, w_prefix: float, kind: str = "triplet") -> dict[str, torch.Tensor]:
     """A batch for ReflectionObjective from item rows (dicts with the `COLUMNS` keys).
 
-    Anchor: labels = ids with pads -100; weights w_prefix on prefix tokens, 1 on target tokens, 0 on pads.
-    Positives and negatives are padded to one common length, because they share one forward. An item
-    without them gets its bare prefix as a stand-in (real tokens, so no fully masked row can make NaNs);
-    valid=False keeps it out of L_ref.
+    Anchor: labels = ids with pads -100; weights w_prefix on prefix tokens, 1 on target tokens, 0 on pads;
+    target_mask 1 on target tokens (rationale, answer line, eos). triplet: positives and negatives are padded
+    to one common length, because they share one forward; valid = the item has both. ranking: only the
+    negatives (with their target_mask), valid = the item has one, plus the reference log-likelihoods when the
+    rows carry them (`ref_chosen_logp`, `ref_rejected_logp`). An item without a sequence gets its bare prefix
+    as a stand-in (real tokens, so no fully masked row can make NaNs); valid=False keeps it out of L_ref.
     """
     anchors = [list(item["input_ids"]) for item in items]
     n_prefix = [int(item["n_prefix"]) for item in items]
@@ -179,18 +187,30 @@ def collate(items: Sequence[Mapping], pad_id: int, w_prefix: float) -> dict[str,
     weights = torch.where(positions < torch.tensor(n_prefix).unsqueeze(1), w_prefix, 1.0)
     weights = weights * attention_mask
     labels = torch.where(positions < lengths, input_ids, torch.full_like(input_ids, IGNORE))
-    valid = torch.tensor([bool(item["valid"]) for item in items])
-    pos = [list(item["pos_ids"]) if ok else a[:p] for item, ok, a, p in zip(items, valid, anchors, n_prefix)]
+    ranking = kind == "ranking"
+    valid = torch.tensor([len(item["neg_ids"]) > 0 if ranking else bool(item["valid"]) for item in items])
+    batch = {
+        "input_ids": input_ids, "attention_mask": attention_mask, "labels": labels,
+        "weights": weights.to(torch.float32), "valid": valid,
+        "rationale_mask": _span_mask(n_prefix, [int(item["n_rationale"]) for item in items], width),
+        "target_mask": _span_mask(n_prefix, [len(a) - p for a, p in zip(anchors, n_prefix)], width),
+    }
     neg = [list(item["neg_ids"]) if ok else a[:p] for item, ok, a, p in zip(items, valid, anchors, n_prefix)]
+    neg_n = [int(item["neg_n_rationale"]) if ok else 0 for item, ok in zip(items, valid)]
+    if ranking:
+        neg_ids, neg_mask = _pad(neg, pad_id, max(map(len, neg)))
+        batch |= {"neg_input_ids": neg_ids, "neg_attention_mask": neg_mask,
+                  "neg_target_mask": _span_mask(n_prefix, [len(x) - p for x, p in zip(neg, n_prefix)], neg_ids.size(1))}
+        if "ref_chosen_logp" in items[0]:
+            for key in ("ref_chosen_logp", "ref_rejected_logp"):
+                batch[key] = torch.tensor([float(item[key]) for item in items], dtype=torch.float64)
+        return batch
+    pos = [list(item["pos_ids"]) if ok else a[:p] for item, ok, a, p in zip(items, valid, anchors, n_prefix)]
     pn_width = max(map(len, pos + neg))
     pos_ids, pos_mask = _pad(pos, pad_id, pn_width)
     neg_ids, neg_mask = _pad(neg, pad_id, pn_width)
     pos_n = [int(item["pos_n_rationale"]) if ok else 0 for item, ok in zip(items, valid)]
-    neg_n = [int(item["neg_n_rationale"]) if ok else 0 for item, ok in zip(items, valid)]
-    return {
-        "input_ids": input_ids, "attention_mask": attention_mask, "labels": labels,
-        "weights": weights.to(torch.float32), "valid": valid,
-        "rationale_mask": _span_mask(n_prefix, [int(item["n_rationale"]) for item in items], width),
+    return batch | {
         "pos_input_ids": pos_ids, "pos_attention_mask": pos_mask, "pos_rationale_mask": _span_mask(n_prefix, pos_n, pn_width),
         "neg_input_ids": neg_ids, "neg_attention_mask": neg_mask, "neg_rationale_mask": _span_mask(n_prefix, neg_n, pn_width),
     }

@@ -1,9 +1,11 @@
-"""The two losses of METHOD.md, short enough to check against the formulas by eye.
+"""The losses of METHOD.md, short enough to check against the formulas by eye.
 
-    L = L_lm + lambda * L_ref
+    L = L_lm + lambda * L_ref          (L_ref: the triplet, or the ranking variant L_rank)
 
-L_lm  = sum_t w_t * CE_t / #non-pad tokens      (w = w_prefix on prefix tokens, 1 on target tokens, 0 on pads)
-L_ref = mean over valid items of max(0, margin - cos(a, p) + cos(a, n))
+L_lm   = sum_t w_t * CE_t / #non-pad tokens      (w = w_prefix on prefix tokens, 1 on target tokens, 0 on pads)
+L_ref  = mean over valid items of max(0, margin - cos(a, p) + cos(a, n))
+L_rank = mean over valid items of -log sigmoid(beta * ((log pi(t|x) - log pi_ref(t|x)) - (log pi(m|x) - log pi_ref(m|x))))
+         t the teacher's rationale (chosen), m the student's wrong one (rejected): DPO's loss
 """
 
 from __future__ import annotations
@@ -45,6 +47,34 @@ def reflection_loss(anchor: torch.Tensor, positive: torch.Tensor, negative: torc
     cos_ap = F.cosine_similarity(anchor, positive, dim=-1)
     cos_an = F.cosine_similarity(anchor, negative, dim=-1)
     per_item = torch.clamp(margin - cos_ap + cos_an, min=0.0)
+    per_item = torch.where(valid, per_item, torch.zeros_like(per_item))
+    return per_item.sum() / valid.sum().clamp(min=1)
+
+
+def sequence_logp(logits: torch.Tensor, labels: torch.Tensor, target_mask: torch.Tensor) -> torch.Tensor:
+    """log pi(target | prefix) per sequence [B]: the sum of token log-probabilities where target_mask [B,T] is 1.
+
+    Shifted like weighted_lm_loss: position t predicts label t+1, so target_mask marks the predicted tokens
+    (rationale, answer line, eos), never the prefix or pads.
+    """
+    logits, labels, mask = logits[:, :-1], labels[:, 1:], target_mask[:, 1:].bool()
+    logp = -F.cross_entropy(_at_least_fp32(logits.reshape(-1, logits.size(-1))), labels.reshape(-1).clamp(min=0),
+                            reduction="none").view_as(labels)
+    return (logp * mask).sum(1)
+
+
+def preference_loss(chosen_logp: torch.Tensor, rejected_logp: torch.Tensor, ref_chosen_logp: torch.Tensor,
+                    ref_rejected_logp: torch.Tensor, valid: torch.Tensor, beta: float = 0.1) -> torch.Tensor:
+    """DPO's loss on [B] summed log-likelihoods: the teacher's rationale (chosen) over the student's mistake (rejected).
+
+    valid [B] (bool) marks items that have a rejected rationale. The reference terms are constants (pi_ref is
+    the round's starting weights), so gradients flow through the policy terms only. Returns the mean over
+    valid items of -log sigmoid(beta * (chosen log-ratio - rejected log-ratio)); 0 (attached to the graph,
+    never NaN) when no item is valid.
+    """
+    chosen, rejected = _at_least_fp32(chosen_logp), _at_least_fp32(rejected_logp)
+    margin = (chosen - ref_chosen_logp.detach().to(chosen.dtype)) - (rejected - ref_rejected_logp.detach().to(chosen.dtype))
+    per_item = -F.logsigmoid(beta * margin)
     per_item = torch.where(valid, per_item, torch.zeros_like(per_item))
     return per_item.sum() / valid.sum().clamp(min=1)
 

@@ -33,7 +33,7 @@ from ..placement import wait_actors_dead
 from ..ray_utils import init_ray
 from ..student.models import bf16_native
 from .data import collate, question_batches
-from .objective import ReflectionObjective
+from .objective import SIGNALS, ReflectionObjective
 
 log = logging.getLogger(__name__)
 
@@ -45,21 +45,31 @@ STATE_FILE = "state.pt"
 
 @dataclass
 class TrainResult:
-    """lm_loss / reflection_loss: means over the micro-batches of the last epoch, averaged over workers."""
+    """Over the last epoch, all workers: lm_loss the mean over micro-batches; reflection_loss and `signals` the
+    means over the items the reflection loss acted on (None/empty when it acted on none: no triplets, or λ = 0)."""
 
     model_dir: str
     lm_loss: float
-    reflection_loss: float
+    reflection_loss: float | None
     steps: int  # optimizer steps
-    tokens: int  # non-pad tokens through a forward (anchors, plus positives/negatives when lambda > 0)
+    tokens: int  # non-pad tokens through a forward: anchors, positives/negatives where L_ref ran, ranking's pi_ref
     wall_s: float
     epoch_lm_loss: list[float] = field(default_factory=list)  # the mean L_lm of every epoch, in order
     resumed_from_step: int = 0  # > 0 when a restarted worker group resumed from a checkpoint
     replica_max_diff: float = 0.0  # max |w_rank_i - w_rank_j| over trainable weights at the end (DDP: 0)
     train_s: float = 0.0  # seconds inside training steps (no startup, checkpoints, export): tokens / train_s
+    reflection_items: int = 0  # items of the last epoch with what the loss needs (triplet: p and n; ranking: n)
+    signals: dict[str, float] = field(default_factory=dict)  # SIGNALS[kind]: Δ and active, or TRL's rewards/*
 
 
 # ------------------------------------------------------------------------------------------------ the plan
+
+
+def item_length(item: dict, kind: str) -> int:
+    """Tokens an item puts through the forwards of its loss: what length grouping sorts by."""
+    if kind == "ranking":
+        return len(item["input_ids"]) + len(item["neg_ids"])
+    return len(item["input_ids"]) + (len(item["pos_ids"]) + len(item["neg_ids"]) if item["valid"] else 0)
 
 
 def plan_batches(ids: list[str], cfg: TrainConfig, world: int, seed: int,
@@ -170,6 +180,29 @@ def all_sum(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
     return tensor.cpu()
 
 
+def reference_logps(objective: ReflectionObjective, items: list[dict], indices: list[int], cfg: TrainConfig,
+                    pad_id: int, device: torch.device, amp: torch.dtype | None) -> int:
+    """pi_ref for `ranking`: the log-likelihoods of each item's chosen and rejected targets under the weights
+    before the first step, stored in its row (`ref_chosen_logp`, `ref_rejected_logp`). A fresh LoRA is zero, so
+    this is the model with its adapters disabled; full fine-tuning needs no frozen copy either. Once per round,
+    not per epoch. Returns the tokens read."""
+    todo = sorted((i for i in indices if len(items[i]["neg_ids"])), key=lambda i: item_length(items[i], "ranking"))
+    for i in indices:
+        items[i]["ref_chosen_logp"] = items[i]["ref_rejected_logp"] = 0.0  # items without a negative: unused
+    tokens = 0
+    objective.eval()  # no dropout: pi_ref is a fixed function
+    for start in range(0, len(todo), cfg.batch_size):
+        chunk = [items[i] for i in todo[start:start + cfg.batch_size]]
+        batch = {k: v.to(device) for k, v in collate(chunk, pad_id, cfg.w_prefix, "ranking").items()}
+        with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+            chosen, rejected = objective.reference_logps(batch)
+        for item, c, r in zip(chunk, chosen.tolist(), rejected.tolist()):
+            item["ref_chosen_logp"], item["ref_rejected_logp"] = c, r
+        tokens += int(batch["attention_mask"].sum() + batch["neg_attention_mask"].sum())
+    objective.train()
+    return tokens
+
+
 # ------------------------------------------------------------------------------------------------ the worker
 
 
@@ -187,23 +220,30 @@ def train_loop(config: dict) -> None:
     device = ray.train.torch.get_device() if train_device(cfg) == "cuda" else torch.device("cpu")
     amp = autocast_dtype(device, cfg.bf16)
 
+    rcfg = cfg.reflection
     torch.manual_seed(seed)  # the same fresh LoRA on every worker (DDP also broadcasts rank 0's weights)
     model = build_model(config["init_model"], cfg).to(device)
-    objective = ReflectionObjective(model, cfg.reflection.weight, cfg.reflection.margin, cfg.reflection.pooling)
+    objective = ReflectionObjective(model, rcfg.weight, rcfg.margin, rcfg.pooling, rcfg.kind, rcfg.beta)
+    plan = plan_batches([str(item["id"]) for item in items], cfg, world, seed,
+                        [item_length(item, rcfg.kind) for item in items])
+    if not plan:
+        raise ValueError(f"{len(items)} items make no batch with an item for each of {world} workers")
+    tokens = 0
+    if rcfg.kind == "ranking" and rcfg.weight > 0:  # on the starting weights: before wrapping, before any resume
+        mine = sorted({i for _, batch in plan for i in batch[rank::world]})
+        tokens += reference_logps(objective, items, mine, cfg, config["pad_id"], device, amp)
     wrapped = wrap(objective, cfg, device, world)
     optimizer = torch.optim.AdamW([p for p in wrapped.parameters() if p.requires_grad], lr=cfg.lr,
                                   weight_decay=cfg.weight_decay)
-    plan = plan_batches([str(item["id"]) for item in items], cfg, world, seed,
-                        [len(item["input_ids"]) + len(item["pos_ids"]) + len(item["neg_ids"]) for item in items])
-    if not plan:
-        raise ValueError(f"{len(items)} items make no batch with an item for each of {world} workers")
     total_steps = len(plan) // cfg.grad_accum
     n_epochs = plan[-1][0] + 1
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, functools.partial(lr_factor, warmup=cfg.warmup_steps, total=total_steps, schedule=cfg.schedule))
-    # Per epoch: sum of L_lm, sum of L_ref, micro-batches; this worker's share, summed over workers at the end.
-    sums = torch.zeros(n_epochs, 3, dtype=torch.float64)
-    tokens, step, resumed_from, train_s = 0, 0, 0, 0.0
+    # Per epoch: sum of L_lm, micro-batches, valid items, and over those items the sums of L_ref and the signals
+    # (so their means weigh items, not micro-batches); this worker's share, summed over workers at the end.
+    item_keys = ("ref_loss", *SIGNALS[rcfg.kind])
+    sums = torch.zeros(n_epochs, 3 + len(item_keys), dtype=torch.float64)
+    step, resumed_from, train_s = 0, 0, 0.0
 
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
@@ -234,7 +274,7 @@ def train_loop(config: dict) -> None:
         for micro in range(cfg.grad_accum):
             epoch, indices = plan[step * cfg.grad_accum + micro]
             torch.manual_seed(seed + 7919 * (step * cfg.grad_accum + micro) + rank)  # dropout: exact on resume
-            batch = collate([items[i] for i in indices[rank::world]], config["pad_id"], cfg.w_prefix)
+            batch = collate([items[i] for i in indices[rank::world]], config["pad_id"], cfg.w_prefix, rcfg.kind)
             batch = {k: v.to(device) for k, v in batch.items()}
             # Gradients are all-reduced only on the last micro-batch of an optimizer step.
             last = micro == cfg.grad_accum - 1
@@ -242,10 +282,13 @@ def train_loop(config: dict) -> None:
                 with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
                     out = wrapped(batch)
                 (out["loss"] / cfg.grad_accum).backward()
-            sums[epoch] += torch.tensor([out["lm_loss"].item(), out["ref_loss"].item(), 1.0], dtype=torch.float64)
+            n_valid = float(out["n_valid"])
+            sums[epoch] += torch.tensor([out["lm_loss"].item(), 1.0, n_valid]
+                                        + [float(out[k]) * n_valid if n_valid else 0.0 for k in item_keys],
+                                        dtype=torch.float64)
             tokens += int(batch["attention_mask"].sum())
-            if cfg.reflection.weight > 0 and bool(batch["valid"].any()):
-                tokens += int(batch["pos_attention_mask"].sum() + batch["neg_attention_mask"].sum())
+            if n_valid:  # the positives' and negatives' forward ran
+                tokens += sum(int(batch[k].sum()) for k in ("pos_attention_mask", "neg_attention_mask") if k in batch)
         torch.nn.utils.clip_grad_norm_([p for p in wrapped.parameters() if p.requires_grad], cfg.max_grad_norm)
         optimizer.step()
         scheduler.step()
@@ -253,9 +296,8 @@ def train_loop(config: dict) -> None:
         step += 1
         train_s += time.perf_counter() - started
         if rank == 0 and (step % max(1, total_steps // 10) == 0 or step == total_steps):  # progress, ~10 lines
-            print(f"train step {step}/{total_steps}: lm_loss {out['lm_loss'].item():.4f} "
-                  f"ref_loss {out['ref_loss'].item():.4f}, {train_s / step:.2f} s/step",
-                  flush=True)
+            print(f"train step {step}/{total_steps}: lm_loss {out['lm_loss'].item():.4f}{_signal_text(out, rcfg)}, "
+                  f"{train_s / step:.2f} s/step", flush=True)
         if step % cfg.checkpoint_every_steps == 0 and step < total_steps:
             report(False, {"lm_loss": out["lm_loss"].item(), "ref_loss": out["ref_loss"].item()})
         crash = config.get("crash_file")
@@ -265,11 +307,27 @@ def train_loop(config: dict) -> None:
             os._exit(1)  # a hard death, as if the process were killed: no cleanup, no exception
 
     totals = all_sum(sums.clone(), device)
-    means = totals[:, :2] / totals[:, 2:].clamp(min=1)
-    report(True, {"lm_loss": float(means[-1, 0]), "reflection_loss": float(means[-1, 1]),
-                  "epoch_lm_loss": [float(x) for x in means[:, 0]], "steps": total_steps,
+    lm_means = totals[:, 0] / totals[:, 1].clamp(min=1)
+    n_last = int(totals[-1, 2])
+    last = {key: float(totals[-1, 3 + j] / n_last) if n_last else None for j, key in enumerate(item_keys)}
+    report(True, {"lm_loss": float(lm_means[-1]), "reflection_loss": last.pop("ref_loss"), "reflection_items": n_last,
+                  "signals": {k: v for k, v in last.items() if v is not None},
+                  "epoch_lm_loss": [float(x) for x in lm_means], "steps": total_steps,
                   "tokens": int(all_sum(torch.tensor([tokens], dtype=torch.float64), device).item()),
                   "train_s": train_s, "placement_group": _placement_group_id()})
+
+
+def _signal_text(out: dict, rcfg) -> str:
+    """The progress line's reflection part: L_ref and Δ (triplet) or L_rank, margin and accuracy (ranking)."""
+    if rcfg.weight == 0:
+        return ""
+    if not float(out["n_valid"]):
+        return " ref_loss - (no triplets in this batch)" if rcfg.kind == "triplet" else " rank_loss - (no pairs in this batch)"
+    if rcfg.kind == "triplet":
+        return (f" ref_loss {out['ref_loss'].item():.4f} Δ {float(out['reflection_gap']):+.4f} "
+                f"active {float(out['reflection_active']):.2f}")
+    return (f" rank_loss {out['ref_loss'].item():.4f} rewards/margins {float(out['rewards/margins']):+.4f} "
+            f"rewards/accuracies {float(out['rewards/accuracies']):.2f}")
 
 
 def _placement_group_id() -> str | None:
@@ -353,6 +411,9 @@ def train_round(train_data_path: str | os.PathLike, init_model: str, out_dir: st
     frame = pd.read_parquet(train_data_path)
     if frame.empty:
         raise ValueError(f"{train_data_path}: no training items")
+    if tcfg.reflection.kind == "ranking" and "has_negative" not in frame.columns:
+        raise ValueError(f"{train_data_path}: built before train.reflection.kind=ranking (no has_negative column: "
+                         "items without a positive lack their negative); rebuild its train_data stage")
     items = [{k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in row.items()}
              for row in frame.to_dict("records")]
     config = {"items": items, "init_model": str(init_model), "train": tcfg.model_dump(), "seed": seed,
@@ -383,4 +444,5 @@ def train_round(train_data_path: str | os.PathLike, init_model: str, out_dir: st
     return TrainResult(model_dir=str(model_dir), lm_loss=metrics["lm_loss"], reflection_loss=metrics["reflection_loss"],
                        steps=metrics["steps"], tokens=metrics["tokens"], wall_s=wall,
                        epoch_lm_loss=metrics["epoch_lm_loss"], resumed_from_step=metrics["resumed_from_step"],
-                       replica_max_diff=metrics["replica_max_diff"], train_s=metrics["train_s"])
+                       replica_max_diff=metrics["replica_max_diff"], train_s=metrics["train_s"],
+                       reflection_items=metrics["reflection_items"], signals=metrics["signals"])
