@@ -14,6 +14,7 @@ import logging
 import sys
 
 from .config import ConfigError
+from .errors import RunError
 
 # Modules that define `register(subparsers)`; the order is the order of `rbyr-ray --help`.
 COMMAND_MODULES = [
@@ -52,6 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, FileNotFoundError, ValueError) as exc:
         print(f"rbyr-ray {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except RunError as exc:
+        print(f"rbyr-ray {args.command}: failed: {exc}; completed work is kept", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"rbyr-ray {args.command}: interrupted; completed work is kept", file=sys.stderr)
         return 130

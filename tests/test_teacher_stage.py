@@ -121,52 +121,54 @@ def test_steps_gate_catches_every_false_step_under_faults_nothing_lost_or_duplic
 
 
 def test_killed_run_resumes_with_only_the_missing_requests(ray_cluster, tmp_path):
-    """`rbyr-ray teacher annotate` is killed (SIGKILL) mid-stage; the rerun sends only what is missing."""
-    n_questions = 30
-    slow = TeacherConfig(latency_ms=150)
+    """`rbyr-ray teacher annotate` is killed (SIGKILL) mid-stage; the rerun sends only what is missing.
+
+    The kill point is fixed, not raced: the first server answers 4 requests and holds every later one
+    (`--hold-after 4`) for good, so at the kill exactly 4 calls are in the ledger and the client's 2 others are
+    in flight, and the killed run's actors (alive until Ray reaps them) can record nothing more. The rerun asks a
+    second server of the same teacher (the ledger keys requests by content, not by URL).
+    """
+    n_questions, answered = 30, 4
     ledger_path = tmp_path / "ledger.sqlite"
-    with LocalTeacherServer("solver", TASK, slow, seed=5) as url:
-        server = _server_handle(url)
-        cmd = [sys.executable, "-m", "rbyr_ray.cli", "teacher", "annotate", "--task", "arith", "--limit",
-               str(n_questions), "--samples", "2", "--base-url", url, "--ledger", str(ledger_path), "--json",
-               "teacher.concurrency=2", "task.arith.n_train=60", "task.arith.n_test=10"]
-        # Join this test's Ray cluster: the killed driver's actors die with it, and no second cluster starts.
-        env = {**os.environ, "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address}
-        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                start_new_session=True)
-        deadline = time.monotonic() + 120
-        done = 0
-        while time.monotonic() < deadline and proc.poll() is None:
-            if ledger_path.exists():
-                with Ledger(ledger_path) as ledger:
-                    done = ledger.counts()["calls"]
-                if done >= 4:
-                    break
+    args = ["--limit", str(n_questions), "--samples", "2", "--ledger", str(ledger_path), "--json",
+            "teacher.concurrency=2", "task.arith.n_train=60", "task.arith.n_test=10"]
+    annotate_cmd = [sys.executable, "-m", "rbyr_ray.cli", "teacher", "annotate", "--task", "arith", *args]
+    # Join this test's Ray cluster: the killed driver's actors die with it, and no second cluster starts.
+    env = {**os.environ, "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address}
+
+    def calls() -> int:
+        if not ledger_path.exists():
+            return 0
+        with Ledger(ledger_path) as ledger:
+            return ledger.counts()["calls"]
+
+    with LocalTeacherServer("solver", TASK, seed=5, extra_args=["--hold-after", str(answered)]) as holding_url:
+        holding = _server_handle(holding_url)
+        proc = subprocess.Popen([*annotate_cmd, "--base-url", holding_url], env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + 300
+        while not (calls() == answered and holding()["held"] == 2):  # 2 = teacher.concurrency
+            assert proc.poll() is None, "the annotate run ended before the hold point"
+            assert time.monotonic() < deadline, f"no hold point: {calls()} calls, {holding()}"
             time.sleep(0.1)
-        assert proc.poll() is None, "the annotate run finished before it could be killed"
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-        with Ledger(ledger_path) as ledger:  # Ray reaps the dead driver's actors: wait until nothing lands
-            done, previous = ledger.counts()["calls"], -1
-            while done != previous:
-                time.sleep(0.6)
-                previous, done = done, ledger.counts()["calls"]
-        assert 4 <= done < n_questions
-        served_before = server()["completions"]
 
-        # The rerun is the same command run to the end; its --json summary is the last line of stdout.
-        out = subprocess.run(cmd + ["--out", str(tmp_path / "teacher.parquet")], env=env, capture_output=True,
-                             text=True, timeout=180, check=True)
-        summary = json.loads(out.stdout.strip().splitlines()[-1])
-        assert summary["questions"] == n_questions and summary["failed"] == summary["rejected"] == 0
-        assert summary["requests_sent"] == n_questions - done  # only the missing ones
-        assert summary["ledger_hits"] == 2 * done and summary["accepted"] == 2 * n_questions
-        assert server()["completions"] - served_before == n_questions - done
+        with LocalTeacherServer("solver", TASK, seed=5) as url:
+            server = _server_handle(url)
+            # The rerun is the same command run to the end; its --json summary is the last line of stdout.
+            out = subprocess.run([*annotate_cmd, "--base-url", url, "--out", str(tmp_path / "teacher.parquet")],
+                                 env=env, capture_output=True, text=True, timeout=180, check=True)
+            summary = json.loads(out.stdout.strip().splitlines()[-1])
+            assert summary["questions"] == n_questions and summary["failed"] == summary["rejected"] == 0
+            assert summary["requests_sent"] == n_questions - answered  # only the missing ones
+            assert summary["ledger_hits"] == 2 * answered and summary["accepted"] == 2 * n_questions
+            assert server()["completions"] == n_questions - answered
         assert len(pd.read_parquet(tmp_path / "teacher.parquet")) == 2 * n_questions
         with Ledger(ledger_path) as ledger:
             assert ledger.counts()["calls"] == n_questions and ledger.duplicate_calls() == 0
-        # At most the requests in flight at the kill were paid for and lost.
-        assert server()["completions"] - n_questions <= 2
+        # Paid for and lost: exactly the requests in flight at the kill (held, here, never answered).
+        assert holding()["completions"] == answered and holding()["held"] == 2
 
 
 def _server_handle(url: str):

@@ -211,7 +211,8 @@ class _StageRunner:
             items.to_parquet(self.rd.round_dir(k) / "train_data.parquet")
             valid = items["valid"].astype(bool) if "valid" in items else pd.Series([], dtype=bool)
             return {"items": len(items), "questions": int(items["id"].nunique()) if len(items) else 0,
-                    "items_with_triplet": int(valid.sum())}
+                    "items_with_triplet": int(valid.sum()),  # what the triplet acts on; ranking needs a negative only
+                    "items_with_negative": int(items["has_negative"].astype(bool).sum()) if len(items) else 0}
         return self._run(k, "train_data", go)
 
     def _teacher_rows(self, k: int) -> pd.DataFrame:
@@ -237,8 +238,11 @@ class _StageRunner:
 
         def go():
             result = train_round(out_dir / "train_data.parquet", model, out_dir, self.cfg, seed=self.cfg.seed + k)
-            return {"lm_loss": result.lm_loss, "reflection_loss": result.reflection_loss, "steps": result.steps,
-                    "tokens": result.tokens, "model_dir": str(result.model_dir)}
+            # reflection_loss and the signals (Δ, or TRL's rewards/*) are None/absent where the loss acted on no item.
+            return {"lm_loss": result.lm_loss, "reflection_loss": result.reflection_loss,
+                    "reflection_kind": self.cfg.train.reflection.kind, "reflection_weight": self.cfg.train.reflection.weight,
+                    "reflection_items": result.reflection_items,
+                    **result.signals, "steps": result.steps, "tokens": result.tokens, "model_dir": str(result.model_dir)}
         return self._run(k, "train", go)["model_dir"]
 
 

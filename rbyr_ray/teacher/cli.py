@@ -40,6 +40,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="fraction of choices with the right answer after one false intermediate step")
     s.add_argument("--seed", type=int, default=None)
     s.add_argument("--ignore-n", action="store_true", help="answer one choice whatever n asks (as some servers do)")
+    s.add_argument("--hold-after", type=int, default=None, metavar="N",
+                   help="tests: answer the first N requests, hold every later one unanswered")
     key = s.add_mutually_exclusive_group()
     key.add_argument("--api-key", default=None, help="require this bearer token")
     key.add_argument("--api-key-env", default=None, help="require the bearer token held in this variable")
@@ -94,7 +96,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     faults = Faults(args.latency_ms, args.error_rate, args.rate_limit_rate, args.wrong_rate, args.garbage_rate,
                     args.false_step_rate)
     app = make_app(backend, model=args.model, faults=faults, api_key=api_key, seed=args.seed,
-                   ignore_n=args.ignore_n)
+                   ignore_n=args.ignore_n, hold_after=args.hold_after)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("binding %s: the teacher server is reachable beyond this machine", args.host)
 

@@ -62,6 +62,7 @@ class ServerStats:
     errors_500: int = 0
     errors_429: int = 0
     unauthorized: int = 0
+    held: int = 0           # requests held by `hold_after` (tests)
     wrong: int = 0          # choices with an injected wrong answer
     garbage: int = 0        # unparseable choices
     false_steps: int = 0    # choices with the right answer after an injected false step
@@ -78,13 +79,17 @@ def count_tokens(text: str) -> int:
 
 
 def make_app(backend: Backend, *, model: str = "rbyr-local-teacher", faults: Faults | None = None,
-             api_key: str | None = None, seed: int | None = None, ignore_n: bool = False) -> web.Application:
+             api_key: str | None = None, seed: int | None = None, ignore_n: bool = False,
+             hold_after: int | None = None) -> web.Application:
     """The aiohttp application; `seed` makes fault injection and wording reproducible; `ignore_n` answers
-    one choice whatever n asks for, like servers that do not implement n."""
+    one choice whatever n asks for, like servers that do not implement n.
+    `hold_after` (tests): answer the first N requests and hold every later one unanswered, so that a test can
+    kill a client at a known point: exactly N answered, the rest in flight."""
     faults = faults or Faults()
     request_log = os.environ.get("RBYR_TEACHER_REQUEST_LOG")
     rng = random.Random(seed)
     stats = ServerStats()
+    admitted = 0
     batcher = _Batcher(backend) if getattr(backend, "batched", False) else None
 
     def error(status: int, message: str, kind: str) -> web.Response:
@@ -104,6 +109,7 @@ def make_app(backend: Backend, *, model: str = "rbyr-local-teacher", faults: Fau
             {"id": model, "object": "model", "created": int(stats.started_at), "owned_by": "rbyr-ray"}]})
 
     async def completions(request: web.Request) -> web.Response:
+        nonlocal admitted
         stats.requests += 1
         if not authorized(request):
             stats.unauthorized += 1
@@ -118,6 +124,10 @@ def make_app(backend: Backend, *, model: str = "rbyr-local-teacher", faults: Fau
                 n = 1
         except (ValueError, KeyError, TypeError, json.JSONDecodeError) as exc:
             return error(400, f"bad request: {exc}", "invalid_request_error")
+        admitted += 1
+        if hold_after is not None and admitted > hold_after:
+            stats.held += 1
+            await asyncio.Event().wait()  # until the server stops
         if faults.latency_ms > 0:
             await asyncio.sleep(faults.latency_ms / 1000.0)
         draw = rng.random()

@@ -36,6 +36,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..config import TeacherConfig
+from ..errors import RunError
 from ..tasks.grading import answers_match, extract_answer
 from ..tasks.prompts import strip_answer_line, teacher_cot_messages, teacher_feedback_messages
 from ..tasks.records import Record
@@ -45,6 +46,10 @@ log = logging.getLogger(__name__)
 
 ROW_COLUMNS = ["id", "sample", "rationale", "predicted", "accepted", "reject_reason", "false_steps", "steps_checked",
                "error", "cached", "kind", "text", "attempt", "http_requests", "tokens", "cost_usd"]
+
+
+class TeacherFailed(RunError):
+    """Not a single rationale could be obtained (connection refused, 401, budget, ...); the message says why."""
 
 
 @dataclass
@@ -154,7 +159,15 @@ class TeacherUDF:
         self.teacher = CachedTeacher(client, Ledger(ledger_path), self.cfg)
 
     async def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
-        results = await asyncio.gather(*(self.question(row) for row in batch.to_dict("records")))
+        self.active = getattr(self, "active", 0) + 1
+        try:
+            results = await asyncio.gather(*(self.question(row) for row in batch.to_dict("records")))
+        finally:
+            self.active -= 1
+            if not self.active:
+                # Idle: close the HTTP session on this loop (the next batch opens a new one). Ray Data ends the
+                # actor without awaiting anything, and an open aiohttp session then warns "Unclosed client session".
+                await self.teacher.client.aclose()
         return pd.DataFrame([r for rows in results for r in rows], columns=["order", *ROW_COLUMNS])
 
     async def question(self, row: dict) -> list[dict]:
@@ -198,6 +211,53 @@ def _check_key(cfg: TeacherConfig) -> None:
                          f"export it (or set teacher.api_key_env to the variable that holds it)")
 
 
+def _key_hint(cfg: TeacherConfig) -> str:
+    """What to do about an endpoint that refused us for the key (HTTP 401/403)."""
+    if not cfg.api_key_env:
+        return "the endpoint wants an API key: set teacher.api_key_env to the variable that holds it"
+    if not os.environ.get(cfg.api_key_env):
+        return (f"the endpoint wants an API key and ${cfg.api_key_env} is not set: export it "
+                f"(or set teacher.api_key_env to the variable that holds the key)")
+    return f"the endpoint refused the key in ${cfg.api_key_env}"
+
+
+def no_rationale_reason(result: TeacherResult, cfg: TeacherConfig) -> str | None:
+    """One line on why not a single rationale was obtained (every request failed), else None.
+
+    A teacher that answers, even wrongly, is not a failure here: the gate deals with its answers.
+    """
+    if result.questions == 0 or result.accepted + result.rejected > 0:
+        return None
+    errors = result.rows["error"].dropna().astype(str)
+    if errors.empty:
+        return f"no rationale obtained for any of {result.questions} questions"
+    common = errors.value_counts().index[0]
+    reason = (f"no rationale obtained for any of {result.questions} questions: every request failed "
+              f"({len(errors)} samples; e.g. {common[:200]})")
+    if common.startswith(("http 401", "http 403")):
+        reason += f"; {_key_hint(cfg)}"
+    return reason
+
+
+def on_driver_node(base_url: str) -> dict:
+    """Ray placement for the teacher actors: a loopback endpoint (a local server the driver started) is
+    reachable only from the driver's machine, so the actors go to the driver's node on a cluster; any other
+    endpoint can be reached from everywhere."""
+    import ipaddress
+    from urllib.parse import urlsplit
+
+    import ray
+
+    host = (urlsplit(base_url).hostname or "").lower()
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        return {}
+    return {"label_selector": {"ray.io/node-id": ray.get_runtime_context().get_node_id()}}
+
+
 def _out_file(out_path: str | os.PathLike | None) -> Path | None:
     if out_path is None:
         return None
@@ -237,7 +297,7 @@ def annotate(records: Sequence[Record], cfg: TeacherConfig, *, answer_type: str,
         ds = ds.map_batches(
             TeacherUDF, batch_size=batch_size, batch_format="pandas", num_cpus=0.25,
             # A fractional CPU: Ray Data stalls when its actors hold every CPU, and these mostly wait on I/O.
-            compute=ray.data.ActorPoolStrategy(size=replicas),
+            compute=ray.data.ActorPoolStrategy(size=replicas), **on_driver_node(base_url),
             fn_constructor_kwargs={"cfg": cfg.model_dump(mode="json"), "base_url": base_url,
                                    "ledger_path": str(Path(ledger_path).resolve()), "answer_type": answer_type,
                                    "share": replicas})
@@ -268,4 +328,7 @@ def annotate(records: Sequence[Record], cfg: TeacherConfig, *, answer_type: str,
              "%d failed; %d requests sent, %d ledger hits", result.questions, result.accepted, result.rejected,
              result.rejected_answer, result.rejected_steps, result.gate, result.failed, result.requests_sent,
              result.ledger_hits)
+    reason = no_rationale_reason(result, cfg)
+    if reason is not None:  # what was obtained is written above and its requests are in the ledger
+        raise TeacherFailed(reason)
     return result
