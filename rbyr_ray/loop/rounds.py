@@ -87,11 +87,17 @@ def _rounds(cfg: ExperimentConfig, rd: RunDir, tracker: Tracker, on_round: Calla
         # 2. Teacher: round 1 covers the whole training set with few-shot CoT; later rounds only the
         #    questions with mistakes, with the feedback prompt (wrong rationale + hint).
         asked = task.train if k == 1 else [r for r in task.train if r.id in mistakes]
-        stage.teacher(k, asked, None if k == 1 else mistakes, answer_type, model)
+        teacher = stage.teacher(k, asked, None if k == 1 else mistakes, answer_type, model)
 
-        # 3. Train, continuing from the previous round's weights, on the accepted teacher rationales.
-        stage.train_data(k, records, mistakes, answer_type, model)
-        model = stage.train(k, model)
+        # 3. Train, continuing from the previous round's weights, on the accepted teacher rationales. A round
+        #    with none (a weak teacher, or no mistakes to correct) trains on nothing: the student keeps its
+        #    weights, and the round is still evaluated and the loop goes on.
+        if stage.train_data(k, records, mistakes, answer_type, model)["items"]:
+            model = stage.train(k, model)
+        else:
+            log.warning("round %d: no training: the teacher gave no accepted rationale (%s asked; %s rejected for the "
+                        "answer, %s for a false step); the student keeps its weights", k, len(asked),
+                        teacher.get("teacher_rejected_answer"), teacher.get("teacher_rejected_steps"))
 
         # 4. Evaluate on the test split with greedy decoding.
         accuracy = stage.evaluate(k, eval_split, model, answer_type)["accuracy"]
