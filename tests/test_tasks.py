@@ -99,10 +99,11 @@ def test_asdiv_split_is_disjoint_and_skips_are_logged(caplog):
 
 
 def test_gsm8k_and_csqa_load_fast():
+    # ~0.1 s each here; the bound only catches a pathological slowdown, with room for a loaded 2-core machine.
     for task in ("gsm8k", "csqa"):
         start = time.perf_counter()
         LOADERS[task](resolve_data_dir())
-        assert time.perf_counter() - start < 2.0, task
+        assert time.perf_counter() - start < 15.0, task
 
 
 # ------------------------------------------------------------------------------------ malformed files
