@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 FULL = ["train.reflection.weight=0.5", "rounds=2"]
 
 
-def _source_run(path: Path, triplets_round1: int = 0, overrides=FULL) -> RunDir:
+def _source_run(path: Path, triplets_round1: int = 0, overrides=FULL, negatives_round1: int | None = None) -> RunDir:
     """A finished 2-round run dir as the loop leaves it: stage files, then the manifest entry."""
     cfg = load_config(REPO / "configs/demo.yaml", overrides)
     rd = RunDir.create_or_resume(path, cfg)
@@ -42,7 +42,9 @@ def _source_run(path: Path, triplets_round1: int = 0, overrides=FULL) -> RunDir:
         else:
             (d / f"{stage}.parquet").write_text(f"{stage} of round {k}")
         if stage == "train_data":
-            metrics = {"items": 10, "items_with_triplet": triplets_round1 if k == 1 else 6}
+            negatives = triplets_round1 if negatives_round1 is None else negatives_round1
+            metrics = {"items": 10, "items_with_triplet": triplets_round1 if k == 1 else 6,
+                       "items_with_negative": negatives if k == 1 else 8}
         if stage == "teacher":
             metrics = {"teacher_requests": 10 * k, "teacher_ledger_hits": k}
         rd.record(k, stage, metrics, wall_s=1.0 + k)
@@ -79,6 +81,25 @@ def test_round_1_triplets_make_lambda_matter_there(tmp_path: Path):
     src = _source_run(tmp_path / "full", triplets_round1=3)
     multi = load_config(REPO / "configs/demo.yaml", ["train.reflection.weight=0.0", "rounds=2"])
     assert shareable_stages(multi, load_run_config(src.path), src)[-1] == (1, "train_data")
+
+
+def test_ranking_and_triplet_share_training_only_where_neither_loss_can_act(tmp_path: Path):
+    ranking_keys = [*FULL, "train.reflection.kind=ranking", "train.reflection.beta=0.2"]
+    ranking = load_config(REPO / "configs/demo.yaml", ranking_keys)
+    data = [(0, "eval"), (1, "teacher"), (1, "train_data")]
+    # Round 1 without student mistakes: neither loss acts, so round 1's training is L_lm in both.
+    src = _source_run(tmp_path / "none")
+    assert shareable_stages(ranking, load_run_config(src.path), src) == [
+        *data, (1, "train"), (1, "eval"), (2, "exam"), (2, "teacher"), (2, "train_data")]
+    # Mistakes without triplets (one distinct teacher rationale): the triplet cannot act, ranking can.
+    src = _source_run(tmp_path / "pairs", triplets_round1=0, negatives_round1=4)
+    assert shareable_stages(ranking, load_run_config(src.path), src) == data
+    multi = load_config(REPO / "configs/demo.yaml", ["train.reflection.weight=0.0", "rounds=2"])
+    assert shareable_stages(multi, load_run_config(src.path), src)[:4] == [*data, (1, "train")]  # the triplet: no
+    # The training data are the same rows whichever loss reads them; beta alone changes the ranking's training.
+    other_beta = load_config(REPO / "configs/demo.yaml", [*FULL, "train.reflection.kind=ranking"])
+    src = _source_run(tmp_path / "ranked", overrides=ranking_keys, negatives_round1=4)
+    assert shareable_stages(other_beta, load_run_config(src.path), src) == data
 
 
 def test_any_other_difference_shares_only_what_round_0_computes_alike(tmp_path: Path):

@@ -3,10 +3,12 @@
     stages = fork_run("runs/study/full/seed_0", cfg_multiround, "runs/study/multi-round/seed_0")
     rbyr_ray.run(cfg_multiround, run_dir="runs/study/multi-round/seed_0")   # continues after those stages
 
-Presets that differ only in the reflection loss (or the number of rounds) share their first stages: the
-untuned evaluation, round 1 (which has no student mistakes when there is no round-0 exam, so lambda cannot
-act on it), and a later round's exam, teacher and training data. A stage is shared only if every input it
-has is the same: the configs are equal outside the keys below, and the model it starts from was shared.
+Presets that differ only in the reflection loss (lambda, triplet or ranking and their settings) or the number
+of rounds share their first stages: the untuned evaluation, round 1 when its loss cannot act (no student
+mistakes without a round-0 exam), and a later round's exam, teacher and training data (the same rows whichever
+loss reads them), and a round's training too where neither run's reflection loss has an item to act on. A
+stage is shared only if every input it has is the same: the configs are equal outside the keys below, and the
+model it starts from was shared.
 Runs that differ elsewhere (the learning rate, the teacher, ...) still share round 0, which reads only the
 task, the student, the exam and evaluation settings and the seed; its greedy evaluation does not read the
 seed either, unless the seed carves the validation split it evaluates.
@@ -27,7 +29,7 @@ log = logging.getLogger(__name__)
 
 # Keys that never change what a stage computes (bookkeeping), and the loss-only reflection keys.
 _BOOKKEEPING = {"name": True, "run_dir": True, "rounds": True, "patience": True, "tracking": True}
-_LOSS_ONLY = {"weight", "margin", "pooling"}
+_LOSS_ONLY = {"weight", "kind", "margin", "pooling", "beta"}
 _ROUND_STAGES = ["exam", "teacher", "train_data", "train", "eval"]
 # What the untuned student's round 0 (its exam and evaluation) reads.
 _ROUND0_INPUTS = {"task", "student", "exam", "eval", "seed"}
@@ -49,13 +51,21 @@ def shareable_stages(cfg: ExperimentConfig, src_cfg: ExperimentConfig, src: RunD
                 if k == 0 and stage == "exam":
                     continue  # no round-0 exam in either config (the configs are equal there)
                 return shared
-            # Training differs only if lambda can act: some item has a positive and a negative.
-            if stage == "train" and not same_loss and not (cfg.train.reflection.weight == src_cfg.train.reflection.weight == 0):
-                triplets = (src.done(k, "train_data") or {}).get("metrics", {}).get("items_with_triplet", 1)
-                if triplets > 0:
+            # Training differs only if a reflection loss can act in either run (then L = L_lm in both).
+            if stage == "train" and not same_loss:
+                data = (src.done(k, "train_data") or {}).get("metrics", {})
+                if _reflection_acts(cfg, data) or _reflection_acts(src_cfg, data):
                     return shared
             shared.append((k, stage))
     return shared
+
+
+def _reflection_acts(cfg: ExperimentConfig, train_data_metrics: dict) -> bool:
+    """Whether cfg's reflection loss has items to act on: the triplet those with a positive and a negative,
+    ranking those with a negative (an old stage without the count: assume it acts)."""
+    rcfg = cfg.train.reflection
+    key = "items_with_triplet" if rcfg.kind == "triplet" else "items_with_negative"
+    return rcfg.weight > 0 and train_data_metrics.get(key, 1) > 0
 
 
 def _round0_stages(cfg: ExperimentConfig, src_cfg: ExperimentConfig, src: RunDir) -> list[tuple[int, str]]:

@@ -8,11 +8,14 @@ from pathlib import Path
 
 import pandas as pd
 
+from .summary import reflection_state
+
 log = logging.getLogger(__name__)
 
 
 def write_report(run_dir: Path, summary: dict, weak: pd.DataFrame | None = None) -> Path:
-    """Plot test accuracy per round against the untuned student, teacher acceptance, and the two losses."""
+    """Plot test accuracy per round against the untuned student, teacher acceptance, the two losses and the
+    reflection loss's learning signal (rounds where it had nothing to act on say so instead of plotting 0)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -20,7 +23,7 @@ def write_report(run_dir: Path, summary: dict, weak: pd.DataFrame | None = None)
 
     rounds = [r for r in summary["rounds"] if r["round"] >= 1]
     ks = [r["round"] for r in rounds]
-    panels = 4 if weak is not None and len(weak) else 3
+    panels = 5 if weak is not None and len(weak) else 4
     fig, axes = plt.subplots(1, panels, figsize=(4.2 * panels, 3.6))
     ax = axes[0]
     ax.plot(ks, [r["test_accuracy"] for r in rounds], "o-", label="student after round k")
@@ -42,11 +45,26 @@ def write_report(run_dir: Path, summary: dict, weak: pd.DataFrame | None = None)
     ax.legend(fontsize=7)
     ax = axes[2]
     ax.plot(ks, [r["lm_loss"] for r in rounds], "o-", label="L_lm")
-    ax.plot(ks, [r["reflection_loss"] for r in rounds], "s-", label="L_ref")
+    acted = [r for r in rounds if reflection_state(r) in ("triplet", "ranking")]
+    ax.plot([r["round"] for r in acted], [r["reflection_loss"] for r in acted], "s-", label="L_ref")
+    _say_why_not(ax, rounds)
     ax.set(title="training losses", xlabel="round")
     ax.legend(fontsize=8)
-    if panels == 4:
-        ax = axes[3]
+    ax = axes[3]
+    if any(reflection_state(r) == "ranking" for r in acted):
+        ax.plot([r["round"] for r in acted], [r["rewards/accuracies"] for r in acted], "o-", label="rewards/accuracies")
+        ax.plot([r["round"] for r in acted], [r["rewards/margins"] for r in acted], "s-", label="rewards/margins")
+        title = "ranking: teacher preferred over mistake"
+    else:
+        ax.plot([r["round"] for r in acted], [r.get("reflection_gap") for r in acted], "o-", label="Δ = cos(a,p) − cos(a,n)")
+        ax.plot([r["round"] for r in acted], [r.get("reflection_active") for r in acted], "s-", label="active hinges")
+        title = "reflection signal (last epoch)"
+    ax.axhline(0, color="gray", lw=0.5)
+    _say_why_not(ax, rounds)
+    ax.set(title=title, xlabel="round")
+    ax.legend(fontsize=7)
+    if panels == 5:
+        ax = axes[4]
         for (tag, value), group in weak.groupby(["tag", "value"]):
             ax.plot(group["round"], group["accuracy"], "o-", label=f"{tag}={value}")
         ax.set(title="accuracy by question tag", xlabel="round", ylim=(0, 1))
@@ -58,6 +76,19 @@ def write_report(run_dir: Path, summary: dict, weak: pd.DataFrame | None = None)
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
+
+
+def _say_why_not(ax, rounds: list[dict]) -> None:
+    """Write "no triplets" / "no pairs" / "λ = 0" at the rounds where the reflection loss did not act."""
+    for r in rounds:
+        state = reflection_state(r)
+        if state in ("no triplets", "no pairs", "off"):
+            ax.annotate("λ = 0" if state == "off" else state, (r["round"], 0.5), xycoords=("data", "axes fraction"),
+                        ha="center", va="center", fontsize=8, color="gray",
+                        bbox={"boxstyle": "round", "fc": "white", "ec": "lightgray"})
+    ks = [r["round"] for r in rounds]
+    if ks:
+        ax.set_xlim(min(ks) - 0.5, max(ks) + 0.5)  # a round with nothing plotted keeps its place
 
 
 def weak_spots(run_dir: Path) -> pd.DataFrame:

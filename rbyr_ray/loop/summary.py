@@ -6,6 +6,22 @@ from .rundir import RunDir
 
 ROUND_FIELDS = ["test_accuracy", "exam_accuracy", "mistake_questions", "teacher_requests", "teacher_ledger_hits",
                 "teacher_accepted", "teacher_rejected_answer", "teacher_rejected_steps", "lm_loss", "reflection_loss"]
+# The reflection loss's learning signal over the last epoch (None where it acted on no item): the triplet's gap
+# Δ = cos(a,p) - cos(a,n) and its fraction of active hinges; ranking's TRL rewards/margins and rewards/accuracies.
+SIGNAL_FIELDS = ["reflection_gap", "reflection_active", "rewards/margins", "rewards/accuracies"]
+
+
+def reflection_state(row: dict) -> str | None:
+    """What the reflection loss did in a round: None (not trained), "off" (λ = 0), "no triplets" / "no pairs"
+    (nothing for it to act on: not a loss of 0), or its kind ("triplet", "ranking")."""
+    if row.get("lm_loss") is None:
+        return None
+    if row.get("reflection_weight") == 0:
+        return "off"
+    kind = row.get("reflection_kind") or "triplet"
+    if row.get("reflection_items") == 0:
+        return "no triplets" if kind == "triplet" else "no pairs"
+    return kind
 
 
 def build_summary(rd: RunDir) -> dict:
@@ -32,6 +48,10 @@ def build_summary(rd: RunDir) -> dict:
             "teacher_rejected_steps": teacher.get("teacher_rejected_steps", 0 if teacher else None),
             "lm_loss": train.get("lm_loss"),
             "reflection_loss": train.get("reflection_loss"),
+            **{key: train.get(key) for key in SIGNAL_FIELDS},
+            "reflection_kind": train.get("reflection_kind"),
+            "reflection_weight": train.get("reflection_weight"),
+            "reflection_items": train.get("reflection_items"),
             "wall_s": {e["stage"]: e["wall_s"] for e in rd.manifest["stages"].values() if e["round"] == k},
         }
         rounds.append(row)
@@ -56,12 +76,19 @@ def _cell(value, width: int) -> str:
 
 
 def format_round_table(summary: dict) -> str:
+    ranking = any(reflection_state(r) == "ranking" for r in summary["rounds"])
+    # The signal columns: Δ and active hinges (triplet), or TRL's reward margin and accuracy (ranking).
+    signal = ["rewards/margins", "rewards/accuracies"] if ranking else ["reflection_gap", "reflection_active"]
     headers = ["round", "test_acc", "exam_acc", "mistakes", "t_req", "t_hits", "t_acc", "t_rej_a", "t_rej_s", "lm_loss", "ref_loss",
-               "wall_s"]
-    lines = [" ".join(h.rjust(9) for h in headers)]
+               *(["margins", "pref_acc"] if ranking else ["ref_gap", "active"]), "wall_s"]
+    widths = [9] * len(headers)
+    widths[headers.index("ref_loss")] = 11  # room for "no triplets"
+    lines = [" ".join(h.rjust(w) for h, w in zip(headers, widths))]
     for r in summary["rounds"]:
-        values = [r["round"]] + [r[f] for f in ROUND_FIELDS] + [round(sum(r["wall_s"].values()))]
-        lines.append(" ".join(_cell(v, 9) for v in values))
+        values = [r["round"]] + [r[f] for f in ROUND_FIELDS] + [r.get(f) for f in signal] + [round(sum(r["wall_s"].values()))]
+        if reflection_state(r) in ("no triplets", "no pairs"):
+            values[headers.index("ref_loss")] = reflection_state(r)
+        lines.append(" ".join(_cell(v, w) for v, w in zip(values, widths)))
     if summary.get("untuned_test_accuracy") is not None and summary.get("final_test_accuracy") is not None:
         gain = summary["final_test_accuracy"] - summary["untuned_test_accuracy"]
         lines.append(f"final test accuracy {summary['final_test_accuracy']:.3f} vs untuned "

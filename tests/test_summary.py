@@ -1,0 +1,60 @@
+"""summary.json, the round table and report.png from a manifest: how the reflection loss's signal is shown.
+
+Run dirs are built from real manifests (what the loop records), without running models.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from rbyr_ray.config import load_config
+from rbyr_ray.loop.report import write_report
+from rbyr_ray.loop.rundir import RunDir
+from rbyr_ray.loop.summary import build_summary, format_round_table, reflection_state
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _run(path: Path, kind: str, trains: dict[int, dict]) -> dict:
+    cfg = load_config(REPO / "configs/demo.yaml", [f"train.reflection.kind={kind}"])
+    rd = RunDir.create_or_resume(path, cfg)
+    rd.record(0, "eval", {"accuracy": 0.05}, 1.0)
+    for k, train in trains.items():
+        rd.record(k, "teacher", {"teacher_requests": 10, "teacher_accepted": 20, "teacher_rejected": 0}, 1.0)
+        rd.record(k, "train", {"lm_loss": 0.5 / k, "reflection_kind": kind, "reflection_weight": 0.5, **train}, 2.0)
+        rd.record(k, "eval", {"accuracy": 0.2 + 0.1 * k}, 1.0)
+    summary = build_summary(rd)
+    rd.write_summary(summary)
+    return summary
+
+
+def test_a_round_without_triplets_says_so_instead_of_a_loss_of_0(tmp_path: Path):
+    summary = _run(tmp_path / "run", "triplet", {
+        1: {"reflection_loss": None, "reflection_items": 0},
+        2: {"reflection_loss": 0.93, "reflection_items": 24, "reflection_gap": 0.07, "reflection_active": 1.0,
+            "reflection_cos_ap": 0.9, "reflection_cos_an": 0.83}})
+    rounds = {r["round"]: r for r in summary["rounds"]}
+    assert reflection_state(rounds[1]) == "no triplets" and rounds[1]["reflection_loss"] is None
+    assert reflection_state(rounds[2]) == "triplet" and rounds[2]["reflection_gap"] == 0.07
+    assert rounds[2]["reflection_active"] == 1.0 and rounds[2]["reflection_items"] == 24
+    assert json.loads((tmp_path / "run/summary.json").read_text())["rounds"][1]["reflection_gap"] is None
+    lines = format_round_table(summary).splitlines()
+    at = lines[0].split().index("ref_loss")
+    assert lines[0].split()[at:at + 3] == ["ref_loss", "ref_gap", "active"]
+    assert "no triplets" in lines[2] and "0.000" not in lines[2]
+    assert lines[3].split()[at:at + 3] == ["0.930", "0.070", "1.000"]
+    assert write_report(tmp_path / "run", summary).stat().st_size > 10_000
+
+
+def test_ranking_rounds_show_trls_reward_margin_and_accuracy(tmp_path: Path):
+    summary = _run(tmp_path / "run", "ranking", {
+        1: {"reflection_loss": 0.41, "reflection_items": 30, "rewards/margins": 0.8, "rewards/accuracies": 0.9,
+            "rewards/chosen": 0.3, "rewards/rejected": -0.5},
+        2: {"reflection_loss": None, "reflection_items": 0}})
+    lines = format_round_table(summary).splitlines()
+    at = lines[0].split().index("ref_loss")
+    assert lines[0].split()[at:at + 3] == ["ref_loss", "margins", "pref_acc"]
+    assert lines[2].split()[at:at + 3] == ["0.410", "0.800", "0.900"] and "no pairs" in lines[3]
+    assert reflection_state({"lm_loss": 0.4, "reflection_weight": 0.0}) == "off"  # lambda = 0: not "no pairs"
+    assert write_report(tmp_path / "run", summary).stat().st_size > 10_000
