@@ -198,6 +198,27 @@ def test_a_gap_inside_seed_noise_is_called_so(tmp_path: Path):
     assert gap["outside_noise"] is False and abs(gap["t"]) < gap["critical"]
 
 
+def test_study_reports_the_reflection_signal_per_round(tmp_path: Path):
+    spec = StudySpec(name="s", out=str(tmp_path), seeds=[0, 1], presets={"multi": "x.yaml", "triplet": "y.yaml"})
+
+    def run(acc: float, gap1: float | None, weight: float = 0.5) -> dict:
+        summary = _summary(0.05, [acc, acc + 0.02], 1)
+        for r, gap in zip(summary["rounds"][1:], [gap1, 0.30]):
+            r |= {"lm_loss": 0.4, "reflection_weight": weight, "reflection_kind": "triplet",
+                  "reflection_items": 0 if gap is None or weight == 0 else 20,
+                  "reflection_loss": None if gap is None or weight == 0 else 1.0 - gap,
+                  "reflection_gap": None if weight == 0 else gap, "reflection_active": None if weight == 0 else 1.0}
+        return summary
+
+    runs = {"multi": {0: run(0.40, 0.1, weight=0.0), 1: run(0.42, 0.1, weight=0.0)},
+            "triplet": {0: run(0.40, None), 1: run(0.44, None)}}
+    agg = aggregate(spec, runs)
+    assert agg["presets"]["triplet"]["signals"][2]["reflection_gap"] == (pytest.approx(0.30), 0.0)
+    text = to_markdown(spec, agg)
+    assert "| multi | 1 | λ = 0 |" in text and "| triplet | 1 | no triplets |" in text
+    assert "| triplet | 2 | 0.700 ± 0.000 | 0.300 ± 0.000 | 1.000 ± 0.000 | - | - |" in text
+
+
 def test_study_config_errors_name_the_file_and_preset(tmp_path: Path):
     bad = tmp_path / "study.yaml"
     bad.write_text(yaml.safe_dump({"presets": {"full": "nope.yaml"}}))

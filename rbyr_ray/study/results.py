@@ -43,6 +43,25 @@ def _accuracy(summary: dict, k: int) -> float | None:
     return next((r["test_accuracy"] for r in summary["rounds"] if r["round"] == k), None)
 
 
+# The reflection loss's learning signal per round (summary.json fields): the triplet's Δ and active hinges,
+# ranking's rewards/margins and rewards/accuracies.
+_SIGNALS = ["reflection_loss", "reflection_gap", "reflection_active", "rewards/margins", "rewards/accuracies"]
+
+
+def _signals(by_seed: dict, k: int) -> dict:
+    """Per signal, mean ± std over the seeds where round k's loss acted; the round's state when it never did."""
+    from ..loop.summary import reflection_state
+
+    rows = [r for s in by_seed.values() for r in s["rounds"] if r["round"] == k]
+    states = {reflection_state(r) for r in rows} - {None}
+    out: dict = {"state": states.pop() if len(states) == 1 else None}
+    for key in _SIGNALS:
+        values = [r[key] for r in rows if r.get(key) is not None]
+        if values:
+            out[key] = _mean_std(values)
+    return out
+
+
 def aggregate(spec: StudySpec, runs: dict) -> dict:
     presets = {}
     for preset, by_seed in runs.items():
@@ -58,6 +77,7 @@ def aggregate(spec: StudySpec, runs: dict) -> dict:
                     for s in by_seed.values()]
         presets[preset] = {
             "per_round": per_round, "final": finals,
+            "signals": {k: _signals(by_seed, k) for k in range(1, max_round + 1)},
             "final_mean_std": _mean_std(list(finals.values())) if finals else None,
             "train_tokens": _mean_std([s["train_tokens"] for s in by_seed.values()]),
             "teacher_requests": _mean_std(requests),
@@ -113,6 +133,17 @@ def to_markdown(spec: StudySpec, agg: dict, study_wall_s: float | None = None) -
                    "shared by presets with the same seed (what a standalone run would cost).")]
     if study_wall_s is not None:
         lines.append(f"The whole study took {study_wall_s / 60:.1f} min of wall time in this invocation.")
+    lines += ["", "## The reflection loss's learning signal per round (last epoch, mean ± std over seeds)", "",
+              ("Triplet: Δ = cos(a,p) − cos(a,n) and the fraction of active hinges (Δ < margin); ranking: TRL's "
+               "rewards/margins and rewards/accuracies (pairs where the teacher's rationale is preferred)."), "",
+              "| preset | round | L_ref | Δ | active | rewards/margins | rewards/accuracies |", "|---|---|---|---|---|---|---|"]
+    for name, p in presets.items():
+        for k, sig in p.get("signals", {}).items():
+            if sig["state"] in ("off", "no triplets", "no pairs"):
+                lines.append(f"| {name} | {k} | {'λ = 0' if sig['state'] == 'off' else sig['state']} | | | | |")
+                continue
+            cells = [_pm(sig.get(key), scale=1.0, digits=3) for key in _SIGNALS]
+            lines.append(f"| {name} | {k} | " + " | ".join(cells) + " |")
     lines += ["", "## Paired gaps in final test accuracy (points; b − a, paired by seed)", "",
               "| a | b | seeds | gap mean ± std | paired t | critical t (95%) | outside seed noise |",
               "|---|---|---|---|---|---|---|"]
