@@ -14,16 +14,19 @@ or expression, just after it. Numbers may carry thousands separators, decimals, 
 sign; GSM8K's calculator annotations `<<48/2=24>>` are claims too (an annotation and the text around it that
 repeats it count once). A chain "2 + 3 = 5 + 1 = 6" is two claims, "2 + 3 = 5 + 1" and "5 + 1 = 6"; a right
 side that is an expression is true when it has the left side's value ("3 * (4 + 2) = 3 * 6") or starts with it
-(a running total, "2 + 3 = 5 + 1"). A claim needs an operator on some side: "5 = 5" claims nothing.
+(a running total, "2 + 3 = 5 + 1"). A line break ends a clause, and so does a number right after another
+("= 8 8 + 2 = 10", from a student that drops its periods).
 
-Checked or unchecked. A claim that cannot be read with certainty is `unchecked`, never wrong: a variable or
-word on either side ("x = 5", "1 hour = 60 minutes", "Total = ..."), a number that a word qualifies ("half of
-48 = 24", "3 times 4 + 2 = 14": the run would miss the word), a multiplier after the result ("= 5 million"),
-times and European decimals ("3:15", "1,5"), implicit products ("3(4 + 2)"), exponents ("2^3"), mixed numbers,
-division by zero, or anything that does not parse.
+Checked or unchecked. A claim that cannot be read with certainty is `unchecked`, never wrong: nothing computed
+("5 = 5"), a variable or word on either side ("x = 5", "1 hour = 60 minutes", "Total = ...", "= 24/Y"), a
+number that a word qualifies or labels ("half of 48 = 24", "3 times 4 + 2 = 14": the run would miss the word;
+"day 1 * 2"), another scale or unit after the result ("= 5 million", "$1 / 2 = 50 cents"), times, codes and
+other separators ("3:15", "0900", "1,5", "80 000"), implicit products ("3(4 + 2)", "(1/2) 278"), exponents
+("2^3"), mixed numbers ("1 1/2"), division by zero, or anything that does not parse.
 
 Ambiguity never makes a step false: a percent sign is read both as /100 and as a plain number, a detached
-leading "-" both as a minus and as a bullet, and a claim is false only when no reading makes it true.
+leading "-" both as a minus and as a bullet, "-30 -30/3" also as two clauses, a fraction after a division
+("25 / 1/3", "14 / 1 / 4") also as one number, and a claim is false only when no reading makes it true.
 
 Tolerance (rounded results). A stated number with d decimal places (d = 0 for an integer) matches the exact
 value v when it equals v, or, when v has more than d decimal places, when |v - stated| < 10**-d: the stated
