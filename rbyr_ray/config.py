@@ -143,7 +143,6 @@ class ExamConfig(_Section):
     cpus_per_replica: float = Field(1.0, ge=0)
     gpus_per_replica: float = Field(0.0, ge=0)
     device: Device = "auto"
-    placement_strategy: Placement = "PACK"  # of the replicas' placement group; SPREAD: one per node
     tensor_parallel_size: int = Field(1, ge=1)
     gpu_memory_utilization: float = Field(0.85, gt=0, le=1)
     max_model_len: int = Field(2048, ge=64)

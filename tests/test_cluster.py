@@ -226,8 +226,9 @@ def test_exam_and_training_take_turns_on_logical_gpus(cluster, tmp_path):
 @pytest.mark.slow
 @pytest.mark.heavy
 def test_two_node_experiment_spreads_exam_and_training(cluster, tmp_path):
-    """A whole (tiny) experiment through rbyr_ray.run on the cluster: the exam replicas and the training workers
-    are spread one per node (STRICT_SPREAD placement groups), and the run directory is complete."""
+    """A whole (tiny) experiment through rbyr_ray.run on the cluster: the exam replicas (spread by Ray Data) and the
+    training workers (a STRICT_SPREAD placement group) run one per node, every teacher actor runs on the driver's
+    node, where the local teacher server listens on loopback, and the run directory is complete."""
     import ray
     from ray.util.state import list_nodes
 
@@ -236,7 +237,7 @@ def test_two_node_experiment_spreads_exam_and_training(cluster, tmp_path):
         f"ray.address={cluster.address}", "ray.num_cpus=null",
         "rounds=1", "task.arith.n_train=8", "task.arith.n_test=8",
         "exam.round0=true", "exam.samples=2", "exam.max_new_tokens=16", "exam.batch_size=4",
-        "exam.replicas=2", "exam.cpus_per_replica=0.5", "exam.placement_strategy=STRICT_SPREAD",
+        "exam.replicas=2", "exam.cpus_per_replica=0.5", "teacher.replicas=2",
         "eval.max_new_tokens=16", "eval.batch_size=4",
         "train.batch_size=4", "train.num_workers=2", "train.cpus_per_worker=1", "train.threads_per_worker=1",
         "train.placement_strategy=STRICT_SPREAD", "train.warmup_steps=0",
@@ -247,6 +248,7 @@ def test_two_node_experiment_spreads_exam_and_training(cluster, tmp_path):
 
     address = ray.get_runtime_context().gcs_address
     job = ray.get_runtime_context().get_job_id()
+    driver_node = ray.get_runtime_context().get_node_id()
     all_spans = spans(address, job)
     alive = [n for n in _state(list_nodes, address=address, detail=True) if n.state == "ALIVE"]
     ray.shutdown()
@@ -256,6 +258,9 @@ def test_two_node_experiment_spreads_exam_and_training(cluster, tmp_path):
     # round 0 exam, round 0 eval, round 1 eval: each with one replica per node.
     assert {s.node_id for s in exam_spans} == nodes and len(exam_spans) == 6
     assert {s.node_id for s in train_spans} == nodes and len(train_spans) == 2
+    # The local teacher server listens on the driver's loopback: its clients must run on the driver's node.
+    teacher_spans = [s for s in all_spans if "TeacherUDF" in s.cls]
+    assert teacher_spans and {s.node_id for s in teacher_spans} == {driver_node}, teacher_spans
 
     for name in ["config.yaml", "summary.json", "metrics.jsonl", "manifest.json", "round_0/exam.parquet",
                  "round_0/eval.parquet", "round_1/teacher.parquet", "round_1/train_data.parquet",

@@ -32,7 +32,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..config import ExamConfig, ExperimentConfig
-from ..placement import bundle, release, reserve
+from ..placement import stage_actor_class, wait_actors_dead
 from ..tasks.grading import answers_match, extract_answer, first_block
 from ..tasks.prompts import student_prefix
 from ..tasks.records import AnswerType, Record
@@ -41,6 +41,10 @@ from .engines import Generation, SamplingSpec, make_engine
 from .models import load_tokenizer, max_context, resolve_model_dir
 
 log = logging.getLogger(__name__)
+
+# Tests only: a text. A batch holding a prompt that contains it fails inside the engine call, as an engine that
+# chokes on one input does, so that a test can check the row-by-row retry through the real pipeline.
+FAIL_ENV = "RBYR_EXAM_FAIL_ON"
 
 COLUMNS = ["id", "sample", "rationale", "predicted", "correct", "false_steps", "engine", "error", "n_tokens"]
 
@@ -110,9 +114,13 @@ class ExamWorker:
         self.engine = make_engine(engine, model_dir, dtype=dtype, max_model_len=max_model_len, device=device,
                                   threads=threads, tensor_parallel_size=tensor_parallel_size,
                                   gpu_memory_utilization=gpu_memory_utilization, seed=seed)
+        self.fail_on = os.environ.get(FAIL_ENV) or None
+        self.poisoned: set[tuple[int, ...]] = set()
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
         ids = self.tokenizer(list(batch["prompt"]), add_special_tokens=False)["input_ids"]
+        if self.fail_on:
+            self.poisoned = {tuple(p) for p, text in zip(ids, batch["prompt"]) if self.fail_on in text}
         outputs: list[Generation | str] = [""] * len(batch)
         # Rows grouped by generation budget: a prompt near the context end gets fewer new tokens,
         # a prompt that leaves no room at all is a failed row.
@@ -139,6 +147,8 @@ class ExamWorker:
     def _generate(self, prompts: list[list[int]], spec: SamplingSpec, seeds: list[int]) -> list[Generation | str]:
         """The batch at once; when that raises, each row alone, so one bad row cannot sink the others."""
         try:
+            if self.poisoned & {tuple(p) for p in prompts}:
+                raise RuntimeError(f"injected engine failure ({FAIL_ENV})")
             return list(self.engine.generate(prompts, spec, seeds))
         except Exception as exc:  # noqa: BLE001 - any engine error must stay inside its rows
             if len(prompts) == 1:
@@ -198,7 +208,6 @@ def run_exam(records: Sequence[Record], model_path: str, cfg: ExperimentConfig, 
     cfg.student (dtype, cache) and cfg.ray (the cluster). `greedy=True, samples=1` is the evaluation.
     """
     import ray
-    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
     from ..ray_utils import init_ray
 
@@ -219,13 +228,10 @@ def run_exam(records: Sequence[Record], model_path: str, cfg: ExperimentConfig, 
         # Enough blocks that every replica gets work, each about one batch.
         n_blocks = max(1, min(len(items), max(ex.replicas * 2, math.ceil(len(items) / ex.batch_size))))
         ds = ray.data.from_items(items, override_num_blocks=n_blocks)
-        # The replicas' resources as one placement group: placed together (PACK) or across nodes (SPREAD), and
-        # given back as a whole when the exam ends, before training asks for the same GPUs.
-        share = bundle(ex.cpus_per_replica, ex.gpus_per_replica)
-        pg = reserve([share] * ex.replicas, ex.placement_strategy, "exam") if share else None
+        worker = stage_actor_class(ExamWorker, "exam")
         try:
             ds = ds.map_batches(
-                ExamWorker,
+                worker,
                 fn_constructor_kwargs={
                     "engine": ex.engine, "model_dir": model_dir, "dtype": cfg.student.dtype,
                     "max_model_len": ex.max_model_len, "spec": spec, "answer_type": answer_type,
@@ -236,10 +242,6 @@ def run_exam(records: Sequence[Record], model_path: str, cfg: ExperimentConfig, 
                 compute=ray.data.ActorPoolStrategy(size=ex.replicas),
                 # Fractional CPUs: Ray Data stalls when its actors hold every CPU of the cluster.
                 num_cpus=ex.cpus_per_replica, num_gpus=ex.gpus_per_replica or None,
-                # Ray 2.60 deprecates every way to hand Ray Data a scheduling strategy (removal in 2.64) and names
-                # no replacement for placement groups; this one works up to then.
-                ray_remote_args_fn=(lambda: {"scheduling_strategy": PlacementGroupSchedulingStrategy(pg)})
-                if pg is not None else None,
             )
             for batch in ds.iter_batches(batch_size=None, batch_format="pandas"):
                 got.append(batch)
@@ -249,8 +251,8 @@ def run_exam(records: Sequence[Record], model_path: str, cfg: ExperimentConfig, 
                     progress(ExamProgress(sum(len(b) for b in got), len(items), tokens,
                                           time.perf_counter() - start))
         finally:
-            if pg is not None:
-                release(pg, "exam")  # the engines are gone when run_exam returns (or raises)
+            # The finished (or abandoned) pipeline ends its actor pool: the engines are gone when run_exam returns.
+            wait_actors_dead("exam", class_name=worker.__name__)
     rows = pd.concat(got, ignore_index=True) if got else pd.DataFrame(columns=COLUMNS)
     rows = _complete(rows, items, ex.engine)
     rows["_q"] = rows["id"].map(order)
