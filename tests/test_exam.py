@@ -9,14 +9,39 @@ import pandas as pd
 import pytest
 
 from rbyr_ray.config import ExperimentConfig
-from rbyr_ray.student.engines import Generation, SamplingSpec
-from rbyr_ray.student.exam import COLUMNS, ExamProgress, ExamWorker, run_exam
+from rbyr_ray.student.engines import Generation
+from rbyr_ray.student.exam import COLUMNS, FAIL_ENV, ExamProgress, ExamWorker, run_exam
 from rbyr_ray.tasks import load_task
 from rbyr_ray.tasks.records import Record
 
 pytestmark = pytest.mark.slow
 TEST = load_task(ExperimentConfig().task).test
 TOO_LONG = Record(id="too-long", question="Mia has 3 apples. " * 600 + "How many apples?", answer="3")
+POISON = "[the engine fails on this]"
+# Questions the untuned SmolLM2 answers right greedily ("2 + 2 = 4", "5 * 2 = 10"); their twins carry a wrong gold.
+RIGHT = [Record(id="easy-add", question="What is 2 + 2?", answer="4"),
+         Record(id="easy-mul", question="What is 5 times 2?", answer="10")]
+WRONG = [Record(id=f"{r.id}-wrong-gold", question=r.question, answer=str(int(r.answer) + 1)) for r in RIGHT]
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """The module's local Ray, whose workers inject an engine failure for prompts holding POISON."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {FAIL_ENV: POISON}})
+    yield ray
+    ray.shutdown()
+
+
+def _last_number(text: str) -> float | None:
+    """The test's own reading of an answer: the number after "Answer:", else the last number."""
+    import re
+
+    after = re.search(r"Answer:\s*(-?[\d,]*\.?\d+)", text)
+    numbers = [after.group(1)] if after else re.findall(r"-?[\d,]*\.?\d+", text)
+    return float(numbers[-1].replace(",", "")) if numbers else None
 
 
 def small_cfg(**exam) -> ExperimentConfig:
@@ -26,7 +51,7 @@ def small_cfg(**exam) -> ExperimentConfig:
 
 
 def test_eval_grades_rows_writes_parquet_and_isolates_an_overlong_prompt(ray_cluster, tmp_path):
-    records = [*TEST[:10], TOO_LONG, *TEST[10:12]]
+    records = [*TEST[:10], TOO_LONG, *RIGHT, *TEST[10:12], *WRONG]
     seen: list[ExamProgress] = []
     out = tmp_path / "eval.parquet"
     result = run_exam(records, "smollm2-135m", small_cfg(), answer_type="numeric", samples=1, greedy=True,
@@ -40,11 +65,22 @@ def test_eval_grades_rows_writes_parquet_and_isolates_an_overlong_prompt(ray_clu
     good = rows[rows["id"] != "too-long"]
     assert good["error"].isna().all() and (good["n_tokens"] > 0).all() and (good["n_tokens"] <= 32).all()
     assert not good["rationale"].str.contains("\n\n").any()  # cut at the blank line
-    assert result.n_failed == 1 and result.n_questions == 13
+    assert result.n_failed == 1 and result.n_questions == 17
+    # Verdicts against the gold answers: known right, known wrong, and every row as the test reads it.
+    verdict = dict(zip(rows["id"], rows["correct"]))
+    assert all(verdict[r.id] for r in RIGHT), rows[rows["id"].isin([r.id for r in RIGHT])]
+    assert not any(verdict[w.id] for w in WRONG)
+    gold = {r.id: float(r.answer) for r in records}
+    for row in good.itertuples():
+        assert row.correct == (_last_number(row.rationale) == gold[row.id]), (row.id, row.rationale, gold[row.id])
     assert result.accuracy == pytest.approx(rows["correct"].mean())
     assert result.tokens_per_s > 0 and result.n_tokens == int(rows["n_tokens"].sum())
-    assert seen and seen[-1].done == seen[-1].total == 13 and seen[-1].tokens == result.n_tokens
-    assert pd.read_parquet(out).equals(rows)
+    assert seen and seen[-1].done == seen[-1].total == 17 and seen[-1].tokens == result.n_tokens
+    # The file holds the rows (values compared, not dtypes: a missing error reads back as NaN, not None).
+    def values(frame: pd.DataFrame) -> list:
+        return frame.astype(object).where(frame.notna(), None).values.tolist()
+
+    assert values(pd.read_parquet(out)) == values(rows)
 
 
 def test_exam_samples_n_rationales_per_question(ray_cluster):
@@ -57,26 +93,18 @@ def test_exam_samples_n_rationales_per_question(ray_cluster):
     assert 0.0 <= result.sample_accuracy <= 1.0
 
 
-class FlakyEngine:
-    """Fails any batch holding the poisoned prompt, like an engine that chokes on one input."""
-
-    name = "hf"
-
-    def generate(self, prompts, spec, seeds):
-        if [666] in prompts:
-            raise RuntimeError("poisoned prompt")
-        return [Generation("2 + 2 = 4.\nAnswer: 4", 7) for _ in prompts]
-
-    def close(self):
-        pass
-
-
-def test_an_engine_error_fails_only_its_own_row():
-    worker = ExamWorker.__new__(ExamWorker)  # the batch logic alone, without loading a model
-    worker.engine = FlakyEngine()
-    outs = worker._generate([[1], [666], [2], [3]], SamplingSpec(max_new_tokens=8), [0, 1, 2, 3])
-    assert isinstance(outs[1], str) and "poisoned prompt" in outs[1]
-    assert [o.text for i, o in enumerate(outs) if i != 1] == ["2 + 2 = 4.\nAnswer: 4"] * 3
+def test_an_engine_error_fails_only_its_own_row(ray_cluster):
+    """One row whose generation raises (injected through FAIL_ENV in the engine call) in a batch of six, through
+    the real Ray Data exam: its batch is retried row by row, and only that row fails."""
+    poisoned = Record(id="poisoned", question=f"Mia has 3 apples. {POISON} How many apples?", answer="3")
+    records = [*TEST[:3], poisoned, *TEST[3:5]]
+    result = run_exam(records, "smollm2-135m", small_cfg(), answer_type="numeric", samples=1, greedy=True,
+                      max_new_tokens=12, out_path=None, seed=0, progress=None)
+    rows = result.rows.set_index("id")
+    assert "injected engine failure" in rows.loc["poisoned", "error"] and not rows.loc["poisoned", "correct"]
+    others = rows.drop(index="poisoned")
+    assert len(others) == 5 and others["error"].isna().all() and (others["n_tokens"] > 0).all()
+    assert result.n_failed == 1 and list(result.rows["id"]) == [r.id for r in records]
 
 
 def test_a_right_answer_reached_by_a_false_step_is_marked_and_a_mistake_under_exam_mistakes_steps(tmp_path):

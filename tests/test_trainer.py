@@ -80,8 +80,20 @@ def test_two_ddp_workers_train_lora_and_export_a_merged_model(ray_cluster, train
     assert result.steps == 9
     assert result.epoch_lm_loss[-1] < 0.8 * result.epoch_lm_loss[0], result.epoch_lm_loss
     assert result.reflection_loss > 0 and result.tokens > 0
-    assert result.replica_max_diff == 0.0  # DDP replicas hold identical weights after their steps
     assert result.resumed_from_step == 0
+    # Two ranks ran, in two processes, each on its own slice of every batch of the plan, the slices together
+    # making up the batch...
+    workers = result.workers
+    assert [w["rank"] for w in workers] == [0, 1] and len({w["pid"] for w in workers}) == 2
+    ids = [str(i) for i in pd.read_parquet(train_data)["id"]]
+    plan = plan_batches(ids, config().train, world=2, seed=0)
+    assert len(plan) == 9 and all(len(w["slices"]) == 9 for w in workers)
+    for b, (_, batch) in enumerate(plan):
+        mine, theirs = workers[0]["slices"][b], workers[1]["slices"][b]
+        assert mine and theirs and not set(mine) & set(theirs) and sorted(mine + theirs) == sorted(batch)
+    # ...and after all their steps the two replicas still hold identical weights (max over weights of max - min
+    # over the two ranks, all-reduced between them).
+    assert result.replica_max_diff == 0.0
     # A plain HF folder (no adapter) that loads, differs from the start and runs.
     assert not (tmp_path / "model" / "adapter_config.json").exists()
     assert (tmp_path / "model" / "model.safetensors").exists() and (tmp_path / "model" / "tokenizer.json").exists()

@@ -59,6 +59,8 @@ class TrainResult:
     replica_max_diff: float = 0.0  # max |w_rank_i - w_rank_j| over trainable weights at the end (DDP: 0)
     train_s: float = 0.0  # seconds inside training steps (no startup, checkpoints, export): tokens / train_s
     reflection_items: int = 0  # items of the last epoch with what the loss needs (triplet: p and n; ranking: n)
+    # Per worker: rank, pid and the item indices of its slice of every micro-batch (since a restart, if any).
+    workers: list[dict] = field(default_factory=list)
     signals: dict[str, float] = field(default_factory=dict)  # SIGNALS[kind]: Δ and active, or TRL's rewards/*
 
 
@@ -171,6 +173,17 @@ def replica_spread(model: torch.nn.Module, device: torch.device) -> float:
     return float((high - low).max())
 
 
+def gather_objects(obj: object) -> list:
+    """Every worker's `obj`, in rank order (a collective): what each worker did, as seen by rank 0."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        return [obj]
+    out: list = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def all_sum(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
     import torch.distributed as dist
 
@@ -244,6 +257,7 @@ def train_loop(config: dict) -> None:
     item_keys = ("ref_loss", *SIGNALS[rcfg.kind])
     sums = torch.zeros(n_epochs, 3 + len(item_keys), dtype=torch.float64)
     step, resumed_from, train_s = 0, 0, 0.0
+    slices: list[list[int]] = []  # the item indices this worker trained on, per micro-batch (since its start)
 
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
@@ -274,6 +288,7 @@ def train_loop(config: dict) -> None:
         for micro in range(cfg.grad_accum):
             epoch, indices = plan[step * cfg.grad_accum + micro]
             torch.manual_seed(seed + 7919 * (step * cfg.grad_accum + micro) + rank)  # dropout: exact on resume
+            slices.append(indices[rank::world])
             batch = collate([items[i] for i in indices[rank::world]], config["pad_id"], cfg.w_prefix, rcfg.kind)
             batch = {k: v.to(device) for k, v in batch.items()}
             # Gradients are all-reduced only on the last micro-batch of an optimizer step.
@@ -314,7 +329,8 @@ def train_loop(config: dict) -> None:
                   "signals": {k: v for k, v in last.items() if v is not None},
                   "epoch_lm_loss": [float(x) for x in lm_means], "steps": total_steps,
                   "tokens": int(all_sum(torch.tensor([tokens], dtype=torch.float64), device).item()),
-                  "train_s": train_s, "placement_group": _placement_group_id()})
+                  "train_s": train_s, "placement_group": _placement_group_id(),
+                  "workers": gather_objects({"rank": rank, "pid": os.getpid(), "slices": slices})})
 
 
 def _signal_text(out: dict, rcfg) -> str:
@@ -438,11 +454,12 @@ def train_round(train_data_path: str | os.PathLike, init_model: str, out_dir: st
     if metrics.get("placement_group"):
         # Ray Train has removed the group's placement group; its workers must also be gone (GPU memory freed)
         # before the next stage's exam engines start.
-        wait_actors_dead(metrics["placement_group"], "train")
+        wait_actors_dead("train", placement_group_id=metrics["placement_group"])
     with result.checkpoint.as_directory() as folder:
         model_dir = export_model(Path(folder) / STATE_FILE, str(init_model), out_dir / "model", cfg)
     return TrainResult(model_dir=str(model_dir), lm_loss=metrics["lm_loss"], reflection_loss=metrics["reflection_loss"],
                        steps=metrics["steps"], tokens=metrics["tokens"], wall_s=wall,
                        epoch_lm_loss=metrics["epoch_lm_loss"], resumed_from_step=metrics["resumed_from_step"],
                        replica_max_diff=metrics["replica_max_diff"], train_s=metrics["train_s"],
-                       reflection_items=metrics["reflection_items"], signals=metrics["signals"])
+                       reflection_items=metrics["reflection_items"], signals=metrics["signals"],
+                       workers=metrics["workers"])
