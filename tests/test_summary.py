@@ -58,3 +58,24 @@ def test_ranking_rounds_show_trls_reward_margin_and_accuracy(tmp_path: Path):
     assert lines[2].split()[at:at + 3] == ["0.410", "0.800", "0.900"] and "no pairs" in lines[3]
     assert reflection_state({"lm_loss": 0.4, "reflection_weight": 0.0}) == "off"  # lambda = 0: not "no pairs"
     assert write_report(tmp_path / "run", summary).stat().st_size > 10_000
+
+
+def test_teacher_rejections_by_reason_per_round(tmp_path: Path):
+    """Accepted / rejected for a wrong answer / rejected for a false step, per round, in summary.json and the
+    table; a manifest from before the steps gate (teacher_rejected alone) reads as answer rejections."""
+    rd = RunDir.create_or_resume(tmp_path / "run", load_config(REPO / "configs/demo.yaml"))
+    rd.record(0, "eval", {"accuracy": 0.05}, 1.0)
+    rd.record(1, "teacher", {"teacher_accepted": 20, "teacher_rejected": 12, "teacher_rejected_answer": 9,
+                             "teacher_rejected_steps": 3}, 1.0)
+    rd.record(1, "eval", {"accuracy": 0.3}, 1.0)
+    rd.record(2, "teacher", {"teacher_accepted": 5, "teacher_rejected": 4}, 1.0)  # an older run's metrics
+    rd.record(2, "eval", {"accuracy": 0.35}, 1.0)
+    summary = build_summary(rd)
+    rounds = {r["round"]: r for r in summary["rounds"]}
+    assert [rounds[k]["teacher_rejected_answer"] for k in (0, 1, 2)] == [None, 9, 4]
+    assert [rounds[k]["teacher_rejected_steps"] for k in (0, 1, 2)] == [None, 3, 0]
+    lines = format_round_table(summary).splitlines()
+    at = lines[0].split().index("t_acc")
+    assert lines[0].split()[at:at + 3] == ["t_acc", "t_rej_a", "t_rej_s"]
+    assert lines[2].split()[at:at + 3] == ["20", "9", "3"] and lines[3].split()[at:at + 3] == ["5", "4", "0"]
+    assert write_report(tmp_path / "run", summary).stat().st_size > 10_000
