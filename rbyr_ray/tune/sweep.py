@@ -28,7 +28,6 @@ import json
 import logging
 import os
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -159,11 +158,6 @@ def _quiet_trial_logs() -> None:
 
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
-    # Ray Data's tasks with large arguments default to the caller's placement group, which inside a trial is the
-    # trial's tiny bundle; SPREAD schedules them on the cluster like the stages' actors.
-    with warnings.catch_warnings():  # deprecated for 2027, still honoured by Ray Data 2.60
-        warnings.simplefilter("ignore")
-        ctx.scheduling_strategy_large_args = "SPREAD"
     logging.getLogger("ray.data").setLevel(logging.WARNING)
     pkg = logging.getLogger("rbyr_ray")
     if not pkg.handlers:
