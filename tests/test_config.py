@@ -89,6 +89,21 @@ def test_value_constraints_are_checked():
         load_config(None, ["task.arith.min_steps=4", "task.arith.max_steps=2"])
 
 
+def test_reflection_kind_and_beta_errors_name_the_key(tmp_path):
+    cfg = load_config()
+    assert (cfg.train.reflection.kind, cfg.train.reflection.beta) == ("triplet", 0.1)  # the paper's; DPO's beta
+    with pytest.raises(ConfigError, match=r"override 'train\.reflection\.kind=dpo': train\.reflection\.kind: "
+                                          r"expected Literal\['triplet', 'ranking'\].*got 'dpo'"):
+        load_config(None, ["train.reflection.kind=dpo"])
+    for beta in ("0", "-0.5"):
+        with pytest.raises(ConfigError, match=r"train\.reflection\.beta: expected float: .*greater than 0"):
+            load_config(None, [f"train.reflection.beta={beta}"])
+    path = _yaml(tmp_path, "train:\n  reflection:\n    kind: rank\n")
+    with pytest.raises(ConfigError, match=r"cfg\.yaml:3: train\.reflection\.kind"):
+        load_config(path)
+    assert load_config(None, ["train.reflection.kind=ranking", "train.reflection.beta=0.5"]).train.reflection.beta == 0.5
+
+
 @pytest.mark.parametrize(("text", "message"), [
     ("- a\n- b\n", "top level must be a mapping"),
     ("a: [unclosed\n", "not valid YAML"),
