@@ -9,6 +9,7 @@ variable* that holds its API key (`teacher.api_key_env`).
 from __future__ import annotations
 
 import difflib
+import logging
 import os
 import re
 from pathlib import Path
@@ -129,6 +130,18 @@ class TeacherConfig(_Section):
 
 class ExamConfig(_Section):
     engine: Literal["hf", "vllm"] = "hf"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _removed_keys(cls, data: Any) -> Any:
+        # Run dirs and configs written before Ray 2.60's deprecations still load: Ray Data now places the replicas.
+        if isinstance(data, dict) and "placement_strategy" in data:
+            data = {k: v for k, v in data.items() if k != "placement_strategy"}
+            logging.getLogger(__name__).warning(
+                "exam.placement_strategy is no longer used and is ignored: Ray Data spreads the exam's replicas "
+                "over the nodes (docs/scale_out.md)")
+        return data
+
     samples: int = Field(4, ge=1)
     # What is a mistake. answer (the paper's): a wrong final answer. steps: also a right answer reached by a
     # false arithmetic step (numeric tasks); it goes to the teacher with the feedback prompt like any mistake.

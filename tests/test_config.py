@@ -144,3 +144,13 @@ def test_api_key_is_only_ever_an_environment_variable_name(monkeypatch):
     cfg = load_config(None, ["teacher.api_key_env=MY_TEACHER_KEY"])
     dumped = cfg.to_yaml()
     assert "sk-live-123" not in dumped and yaml.safe_load(dumped)["teacher"]["api_key_env"] == "MY_TEACHER_KEY"
+
+
+def test_a_run_dir_config_from_before_the_exam_placement_change_still_loads(tmp_path, caplog):
+    # exam.placement_strategy went with Ray 2.60's deprecations; older run dirs must still resume.
+    path = tmp_path / "config.yaml"
+    path.write_text("exam:\n  placement_strategy: PACK\n  samples: 2\n")
+    with caplog.at_level("WARNING"):
+        cfg = load_config(path)
+    assert cfg.exam.samples == 2 and "placement_strategy" not in cfg.exam.model_dump()
+    assert "exam.placement_strategy is no longer used" in caplog.text
