@@ -76,15 +76,22 @@ class SolverBackend:
             return None
         return arith.parse_question(found[0], self.templates)
 
-    def answer(self, messages: list[dict], variant: int) -> str:
+    def _solved(self, messages: list[dict]):
+        """(start, chain of (value, step, result)) of one of our questions; None for any other question."""
         parsed = self._parse(messages)
         if parsed is None:
-            return UNKNOWN
+            return None
         start, steps = parsed
         try:
-            chain = arith.solve(start, steps)
+            return start, arith.solve(start, steps)
         except ValueError:  # an inexact division: not one of ours
+            return None
+
+    def answer(self, messages: list[dict], variant: int) -> str:
+        solved = self._solved(messages)
+        if solved is None:
             return UNKNOWN
+        start, chain = solved
         if not chain:
             return f"{start} to begin with, and nothing changes.\nAnswer: {start}"
         equations = [f"{a} {s.op} {s.operand} = {b}" for a, s, b in chain]
@@ -124,14 +131,10 @@ class SolverBackend:
         """A fluent rationale whose final answer is right but one of whose steps is false: a weak teacher that
         writes the hinted answer after a wrong derivation. The slip is in an intermediate step when there are
         several (later steps go on from the true value), else in the only one."""
-        parsed = self._parse(messages)
-        if parsed is None:
+        solved = self._solved(messages)
+        if solved is None:
             return None
-        start, steps = parsed
-        try:
-            chain = arith.solve(start, steps)
-        except ValueError:
-            return None
+        start, chain = solved
         if not chain:
             return f"{start} + 0 = {start + rng.choice([1, 2])}.\nAnswer: {start}"
         slip_at = rng.randrange(len(chain) - 1) if len(chain) > 1 else 0
