@@ -157,9 +157,10 @@ class TeacherUDF:
         self.gate = resolve_gate(self.cfg.gate, answer_type)
         client = TeacherClient.from_config(self.cfg, base_url, share=share)
         self.teacher = CachedTeacher(client, Ledger(ledger_path), self.cfg)
+        self.active = 0  # batches in progress on this actor's event loop
 
     async def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
-        self.active = getattr(self, "active", 0) + 1
+        self.active += 1
         try:
             results = await asyncio.gather(*(self.question(row) for row in batch.to_dict("records")))
         finally:
