@@ -19,7 +19,7 @@ import yaml
 from rbyr_ray.config import ConfigError, load_config
 from rbyr_ray.loop.fork import fork_run, shareable_stages
 from rbyr_ray.loop.rundir import RunDir, load_run_config
-from rbyr_ray.study.results import aggregate, to_markdown
+from rbyr_ray.study.results import aggregate, plot, to_markdown
 from rbyr_ray.study.study import StudySpec, load_study
 
 REPO = Path(__file__).resolve().parents[1]
@@ -217,6 +217,15 @@ def test_study_reports_the_reflection_signal_per_round(tmp_path: Path):
     text = to_markdown(spec, agg)
     assert "| multi | 1 | λ = 0 |" in text and "| triplet | 1 | no triplets |" in text
     assert "| triplet | 2 | 0.700 ± 0.000 | 0.300 ± 0.000 | 1.000 ± 0.000 | - | - |" in text
+    # results.png draws the signal per round beside the accuracy, but only where some loss acted.
+    from PIL import Image
+
+    with Image.open(plot(agg, tmp_path / "with.png")) as im:
+        with_signal = im.size
+    only_lambda_0 = aggregate(spec, {"multi": runs["multi"]})
+    with Image.open(plot(only_lambda_0, tmp_path / "without.png")) as im:
+        without_signal = im.size
+    assert with_signal[0] > 1.5 * without_signal[0] and with_signal[1] == without_signal[1]
 
 
 def test_study_config_errors_name_the_file_and_preset(tmp_path: Path):

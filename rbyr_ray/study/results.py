@@ -144,7 +144,10 @@ def to_markdown(spec: StudySpec, agg: dict, study_wall_s: float | None = None) -
                 continue
             cells = [_pm(sig.get(key), scale=1.0, digits=3) for key in _SIGNALS]
             lines.append(f"| {name} | {k} | " + " | ".join(cells) + " |")
+    n_gaps = len(agg["gaps"])
     lines += ["", "## Paired gaps in final test accuracy (points; b − a, paired by seed)", "",
+              (f"{n_gaps} pairs are tested, each at 95%: by chance alone about {0.05 * n_gaps:.1f} of them would read "
+               "'yes', so a lone 'yes' among many pairs is weak evidence." if n_gaps > 1 else ""), "",
               "| a | b | seeds | gap mean ± std | paired t | critical t (95%) | outside seed noise |",
               "|---|---|---|---|---|---|---|"]
     for g in agg["gaps"]:
@@ -153,17 +156,28 @@ def to_markdown(spec: StudySpec, agg: dict, study_wall_s: float | None = None) -
     return "\n".join(lines) + "\n"
 
 
+# The signal drawn per round beside the accuracy: the triplet's gap, ranking's preference accuracy.
+_PLOTTED_SIGNALS = {"reflection_gap": "triplet Δ = cos(a,p) − cos(a,n)",
+                    "rewards/accuracies": "ranking rewards/accuracies"}
+
+
 def plot(agg: dict, path: Path) -> Path:
+    """Accuracy per round; beside it, when any preset's loss acted, its learning signal per round."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    signals = {(name, key): {k: sig[key] for k, sig in p.get("signals", {}).items() if key in sig}
+               for name, p in agg["presets"].items() for key in _PLOTTED_SIGNALS}
+    signals = {nk: per_round for nk, per_round in signals.items() if per_round}
+    fig, axes = plt.subplots(1, 2 if signals else 1, figsize=(11 if signals else 6, 4), squeeze=False)
+    ax = axes[0][0]
+    colors = {name: f"C{i}" for i, name in enumerate(agg["presets"])}
     for name, p in agg["presets"].items():
         ks = sorted(p["per_round"])
         ax.errorbar(ks, [p["per_round"][k]["mean"] * 100 for k in ks], yerr=[p["per_round"][k]["std"] * 100 for k in ks],
-                    marker="o", capsize=3, label=name)
+                    marker="o", capsize=3, label=name, color=colors[name])
     if agg["untuned"] is not None:
         ax.axhline(agg["untuned"][0] * 100, color="gray", linestyle="--", label="untuned")
     rounds = sorted({k for p in agg["presets"].values() for k in p["per_round"]})
@@ -172,6 +186,19 @@ def plot(agg: dict, path: Path) -> Path:
     ax.set_ylabel("test accuracy (%)")
     ax.legend()
     ax.grid(alpha=0.3)
+    if signals:
+        ax = axes[0][1]
+        for (name, key), per_round in signals.items():
+            ks = sorted(per_round)
+            ax.errorbar(ks, [per_round[k][0] for k in ks], yerr=[per_round[k][1] for k in ks], marker="o", capsize=3,
+                        color=colors[name], linestyle="-" if key == "reflection_gap" else ":",
+                        label=f"{name}: {_PLOTTED_SIGNALS[key].split(' ', 1)[1]}")
+        ax.set_xticks(sorted({k for per_round in signals.values() for k in per_round}))
+        ax.set_xlabel("round (last epoch's mean)")
+        ax.set_ylabel("Δ (triplet) / preference accuracy (ranking)")
+        ax.set_title("the reflection loss's learning signal", fontsize=10)
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
