@@ -311,8 +311,9 @@ def train_loop(config: dict) -> None:
         step += 1
         train_s += time.perf_counter() - started
         if rank == 0 and (step % max(1, total_steps // 10) == 0 or step == total_steps):  # progress, ~10 lines
-            print(f"train step {step}/{total_steps}: lm_loss {out['lm_loss'].item():.4f}{_signal_text(out, rcfg)}, "
-                  f"{train_s / step:.2f} s/step", flush=True)
+            # A log record, not print(): Ray Train tees a worker's print to stdout and to its logger (each line twice).
+            log.info("train step %d/%d: lm_loss %.4f%s, %.2f s/step", step, total_steps, out["lm_loss"].item(),
+                     _signal_text(out, rcfg), train_s / step)
         if step % cfg.checkpoint_every_steps == 0 and step < total_steps:
             report(False, {"lm_loss": out["lm_loss"].item(), "ref_loss": out["ref_loss"].item()})
         crash = config.get("crash_file")
