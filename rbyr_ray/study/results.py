@@ -157,8 +157,7 @@ def to_markdown(spec: StudySpec, agg: dict, study_wall_s: float | None = None) -
 
 
 # The signal drawn per round beside the accuracy: the triplet's gap, ranking's preference accuracy.
-_PLOTTED_SIGNALS = {"reflection_gap": "triplet Δ = cos(a,p) − cos(a,n)",
-                    "rewards/accuracies": "ranking rewards/accuracies"}
+_PLOTTED_SIGNALS = {"reflection_gap": "Δ = cos(a,p) − cos(a,n)", "rewards/accuracies": "rewards/accuracies"}
 
 
 def plot(agg: dict, path: Path) -> Path:
@@ -192,7 +191,7 @@ def plot(agg: dict, path: Path) -> Path:
             ks = sorted(per_round)
             ax.errorbar(ks, [per_round[k][0] for k in ks], yerr=[per_round[k][1] for k in ks], marker="o", capsize=3,
                         color=colors[name], linestyle="-" if key == "reflection_gap" else ":",
-                        label=f"{name}: {_PLOTTED_SIGNALS[key].split(' ', 1)[1]}")
+                        label=f"{name}: {_PLOTTED_SIGNALS[key]}")
         ax.set_xticks(sorted({k for per_round in signals.values() for k in per_round}))
         ax.set_xlabel("round (last epoch's mean)")
         ax.set_ylabel("Δ (triplet) / preference accuracy (ranking)")
