@@ -304,3 +304,59 @@ def test_load_task_uses_configured_data_dir(tmp_path, monkeypatch):
     _write(tmp_path / "gsm8k" / "test.jsonl", good + "\n")
     data = load_task(TaskConfig(name="gsm8k", data_dir=str(tmp_path)))
     assert (len(data.train), len(data.test), data.train[1].id, data.test[0].answer) == (2, 1, "gsm8k-train-1", "4")
+
+
+# ------------------------------------------------------------------------------- arith as a teacher reads it
+
+
+def test_arith_templates_say_what_the_gold_computes():
+    """One sentence per template, each read back by the solver's inversion: the gold result is the operation the
+    sentence states, and no multiplication sentence says "gets N times as many" (read by LLMs as "receives N x
+    more": issue 23)."""
+    from rbyr_ray.tasks.arith import OP_TEMPLATES, QUESTION_TEMPLATE, START_TEMPLATES, Step, _fill, apply_step
+
+    expected = {"+": 24 + 4, "-": 24 - 4, "*": 24 * 4, "/": 24 // 4}
+    for op, templates in OP_TEMPLATES.items():
+        for template in templates:
+            assert not re.search(r"\bgets?\b.*\btimes\b", template), template
+            question = " ".join([_fill(START_TEMPLATES[0], "Mia", "she", "coins", 24),
+                                 _fill(template, "Mia", "she", "coins", 4), _fill(QUESTION_TEMPLATE, "Mia", "she", "coins")])
+            assert parse_question(question) == (24, [Step(op, 4)]), question
+            assert apply_step(24, Step(op, 4)) == expected[op]
+    assert OP_TEMPLATES["*"][0] == "Then {pron} ends up with {n} times as many {obj} as {pron} had."
+
+
+def test_arith_demonstrations_are_arith_questions_with_their_gold():
+    """The teacher's arith demonstrations use today's templates, and their rationale and answer are exactly what
+    the generator's gold and the local solver compute."""
+    from rbyr_ray.tasks.prompts import FEW_SHOT
+    from rbyr_ray.teacher.backends import SolverBackend
+
+    for question, choices, rationale, answer in FEW_SHOT["arith"]:
+        parsed = parse_question(question)
+        assert parsed is not None and choices == (), question
+        start, steps = parsed
+        assert canonical_rationale(start, steps) == rationale and str(solve(start, steps)[-1][2]) == answer
+        assert SolverBackend().answer([{"role": "user", "content": f"Question: {question}"}], 0) == (
+            f"{rationale}\nAnswer: {answer}")
+
+
+def test_arith_teacher_request_carries_arith_demonstrations():
+    """The stage's own request building sends arith's demonstrations to the teacher (they were dead code), and a
+    benchmark without its own keeps its answer type's."""
+    from rbyr_ray.config import TeacherConfig
+    from rbyr_ray.tasks.prompts import FEW_SHOT
+    from rbyr_ray.teacher.stage import build_requests
+
+    records = generate(ArithConfig(n_train=4, n_test=2)).train
+    rows = build_requests(records, TeacherConfig(), "numeric", task="arith")
+    assert len(rows) == 4 and {r["kind"] for r in rows} == {"cot"}
+    for row, record in zip(rows, records):
+        messages = json.loads(row["messages"])
+        demos = [(messages[i]["content"], messages[i + 1]["content"]) for i in range(1, len(messages) - 1, 2)]
+        assert demos == [(f"Question: {q}", f"{rat}\nAnswer: {a}") for q, _, rat, a in FEW_SHOT["arith"]]
+        assert messages[-1] == {"role": "user", "content": f"Question: {record.question}"}
+    gsm = json.loads(build_requests(records[:1], TeacherConfig(), "numeric", task="gsm8k")[0]["messages"])
+    assert gsm[1]["content"] == f"Question: {FEW_SHOT['numeric'][0][0]}"
+    bare = json.loads(build_requests(records[:1], TeacherConfig(few_shot=False), "numeric", task="arith")[0]["messages"])
+    assert [m["role"] for m in bare] == ["system", "user"]

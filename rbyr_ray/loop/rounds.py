@@ -188,7 +188,7 @@ class _StageRunner:
             with teacher_endpoint(self.cfg, model) as base_url:
                 result = annotate(questions, self.cfg.teacher, answer_type=answer_type, base_url=base_url,
                                   ledger_path=self.ledger_path, out_path=self.rd.round_dir(k) / "teacher.parquet",
-                                  mistakes=mistakes, seed=self.cfg.seed + k)
+                                  mistakes=mistakes, seed=self.cfg.seed + k, task=self.cfg.task.name)
             return {"questions": len(questions), "teacher_requests": result.requests_sent,
                     "teacher_ledger_hits": result.ledger_hits, "teacher_accepted": result.accepted,
                     "teacher_rejected": result.rejected, "teacher_rejected_answer": result.rejected_answer,

@@ -25,7 +25,10 @@ START_TEMPLATES = [
 OP_TEMPLATES: dict[str, list[str]] = {
     "+": ["{Pron} buys {n} more {obj}.", "{Pron} finds {n} more {obj}.", "A friend gives {pron_obj} {n} more {obj}."],
     "-": ["{Pron} gives away {n} {obj}.", "{Pron} loses {n} {obj}.", "{Pron} sells {n} {obj}."],
-    "*": ["Then {pron} gets {n} times as many {obj} as {pron} had.", "The number of {obj} becomes {n} times as large."],
+    # Says what the gold computes (the count becomes n times itself): "Then she gets 2 times as many coins as
+    # she had" read to LLM teachers as "she receives 2x more" (issue 23: 12 of a real teacher's 22 wrong answers).
+    "*": ["Then {pron} ends up with {n} times as many {obj} as {pron} had.",
+          "The number of {obj} becomes {n} times as large."],
     "/": ["{Pron} splits the {obj} into {n} equal groups and keeps one group.",
           "{Pron} keeps only one of every {n} {obj}."],
 }

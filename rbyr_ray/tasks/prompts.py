@@ -66,7 +66,7 @@ FEW_SHOT: dict[str, list[tuple[str, tuple[str, ...], str, str]]] = {
     "arith": [
         (("Mia has 12 marbles. She buys 7 more marbles. She gives away 3 marbles. "
          "How many marbles does Mia have now?"), (), "12 + 7 = 19. 19 - 3 = 16.", "16"),
-        (("Omar starts with 8 coins. Then he gets 3 times as many coins as he had. "
+        (("Omar starts with 8 coins. Then he ends up with 3 times as many coins as he had. "
          "He splits the coins into 4 equal groups and keeps one group. How many coins does Omar have now?"), (),
          "8 * 3 = 24. 24 / 4 = 6.", "6"),
     ],

@@ -136,7 +136,7 @@ def cmd_annotate(args: argparse.Namespace) -> int:
         DataContext.get_current().enable_progress_bars = False  # keep stdout for the summary
     init_ray(cfg.ray)
     result = annotate(records, cfg.teacher, answer_type=TASKS[args.task].answer_type, base_url=args.base_url,
-                      ledger_path=ledger, out_path=args.out, seed=cfg.seed)
+                      ledger_path=ledger, out_path=args.out, seed=cfg.seed, task=args.task)
     if result.budget_message:
         print(result.budget_message, file=sys.stderr)
     if args.json:

@@ -118,8 +118,10 @@ def judge(text: str | None, predicted: str | None, gold: str, answer_type: str, 
 
 
 def build_requests(records: Sequence[Record], cfg: TeacherConfig, answer_type: str,
-                   mistakes: dict[str, list[str]] | None = None, seed: int = 0) -> list[dict]:
+                   mistakes: dict[str, list[str]] | None = None, seed: int = 0,
+                   task: str | None = None) -> list[dict]:
     """One row per question to ask: its prompt (JSON messages), gold answer and kind ("cot" or "feedback").
+    `task` picks the task's own few-shot demonstrations (prompts.FEW_SHOT) when it has them.
 
     The wrong rationale shown in a feedback prompt is drawn with a per-question seeded RNG, so that a rerun
     builds the very same prompt and finds it in the ledger.
@@ -127,7 +129,7 @@ def build_requests(records: Sequence[Record], cfg: TeacherConfig, answer_type: s
     rows = []
     for order, record in enumerate(records):
         if mistakes is None:
-            messages, kind = teacher_cot_messages(record, answer_type, few_shot=cfg.few_shot), "cot"
+            messages, kind = teacher_cot_messages(record, answer_type, few_shot=cfg.few_shot, task=task), "cot"
         else:
             wrong = [w for w in mistakes.get(record.id) or [] if w and w.strip()]
             if not wrong:
@@ -268,9 +270,11 @@ def _out_file(out_path: str | os.PathLike | None) -> Path | None:
 
 def annotate(records: Sequence[Record], cfg: TeacherConfig, *, answer_type: str, base_url: str | None,
              ledger_path: str | os.PathLike, out_path: str | os.PathLike | None,
-             mistakes: dict[str, list[str]] | None = None, seed: int = 0) -> TeacherResult:
+             mistakes: dict[str, list[str]] | None = None, seed: int = 0,
+             task: str | None = None) -> TeacherResult:
     """Ask the teacher for k rationales per question as a Ray Data stage; grade, record, write Parquet.
 
+    `task` (the task's name) gives the CoT prompt that task's own demonstrations when it has them.
     `out_path` is a .parquet file or a folder (then <folder>/teacher.parquet). Ray is started if it is not
     running yet. Returns a TeacherResult; when the budget stops requests, `budget_message` says so and the
     unsent samples are rows with that message as their error.
@@ -282,7 +286,7 @@ def annotate(records: Sequence[Record], cfg: TeacherConfig, *, answer_type: str,
         raise ValueError("no teacher base_url: pass base_url or set teacher.base_url")
     _check_key(cfg)
     start = time.monotonic()
-    requests = build_requests(records, cfg, answer_type, mistakes, seed)
+    requests = build_requests(records, cfg, answer_type, mistakes, seed, task=task)
     rows = pd.DataFrame(columns=ROW_COLUMNS)
     if requests:
         if not ray.is_initialized():
