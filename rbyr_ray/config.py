@@ -169,11 +169,19 @@ class EvalConfig(_Section):
 
 class ReflectionConfig(_Section):
     weight: float = Field(0.5, ge=0.0, description="lambda in L = L_lm + lambda * L_ref")
-    # triplet: the paper's L_ref on hidden states; ranking: DPO's loss, teacher rationale over the student's mistake.
-    kind: Literal["triplet", "ranking"] = "triplet"
-    margin: float = Field(1.0, ge=0.0, description="triplet: the hinge's margin on cosine similarities")
+    # triplet: the paper's L_ref on hidden states; ranking: DPO's loss, teacher rationale over the student's mistake;
+    # hinge, redi, dpop: on sequence likelihoods (METHOD.md "Learning from mistakes on sequence likelihoods").
+    kind: Literal["triplet", "ranking", "hinge", "redi", "dpop"] = "triplet"
+    margin: float = Field(1.0, gt=0.0, description="triplet: the hinge's margin on cosine similarities; "
+                                                   "hinge: δ in nats per token")
     pooling: Literal["last", "mean"] = "last"
-    beta: float = Field(0.1, gt=0.0, description="ranking: DPO's beta on the log-likelihood ratios")
+    beta: float = Field(0.1, gt=0.0, description="ranking, dpop: DPO's beta on the log-likelihood ratios")
+    penalty: float = Field(50.0, ge=0.0, description="dpop: λ_p on max(0, log pi_ref(t) - log pi(t)) (the paper's 50)")
+    # The rounds in which the loss acts: from start_round on (the paper's: from round 1), at `lr` (None: train.lr).
+    # Earlier rounds are SFT rounds: L_lm alone at train.lr. The literature runs a negative term after SFT, at a
+    # preference-scale rate; with weight 0 the same keys give λ = 0 the same round-2 learning rate.
+    start_round: int = Field(1, ge=1, description="first round in which L_ref acts and `lr` applies")
+    lr: float | None = Field(None, gt=0, description="learning rate of the rounds from start_round on; None = train.lr")
     max_positives: int = Field(10, ge=1)
     max_negatives: int = Field(4, ge=1)
     max_rationale_tokens: int = Field(192, ge=8)
@@ -215,6 +223,15 @@ class TrainConfig(_Section):
     checkpoint_every_steps: int = Field(50, ge=1)
     max_failures: int = Field(2, ge=0)
     threads_per_worker: int | None = Field(None, ge=1)
+
+
+def round_train(train: TrainConfig, k: int) -> TrainConfig:
+    """What round k trains with: before reflection.start_round, λ = 0 at train.lr; from it on, the reflection
+    loss at reflection.lr (or train.lr)."""
+    rcfg = train.reflection
+    if k < rcfg.start_round:
+        return train.model_copy(update={"reflection": rcfg.model_copy(update={"weight": 0.0})})
+    return train.model_copy(update={"lr": rcfg.lr}) if rcfg.lr is not None else train
 
 
 class RayConfig(_Section):

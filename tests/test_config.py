@@ -93,7 +93,7 @@ def test_reflection_kind_and_beta_errors_name_the_key(tmp_path):
     cfg = load_config()
     assert (cfg.train.reflection.kind, cfg.train.reflection.beta) == ("triplet", 0.1)  # the paper's; DPO's beta
     with pytest.raises(ConfigError, match=r"override 'train\.reflection\.kind=dpo': train\.reflection\.kind: "
-                                          r"expected Literal\['triplet', 'ranking'\].*got 'dpo'"):
+                                          r"expected Literal\['triplet', 'ranking', 'hinge', 'redi', 'dpop'\].*got 'dpo'"):
         load_config(None, ["train.reflection.kind=dpo"])
     for beta in ("0", "-0.5"):
         with pytest.raises(ConfigError, match=r"train\.reflection\.beta: expected float: .*greater than 0"):
@@ -102,6 +102,39 @@ def test_reflection_kind_and_beta_errors_name_the_key(tmp_path):
     with pytest.raises(ConfigError, match=r"cfg\.yaml:3: train\.reflection\.kind"):
         load_config(path)
     assert load_config(None, ["train.reflection.kind=ranking", "train.reflection.beta=0.5"]).train.reflection.beta == 0.5
+
+
+def test_learning_from_mistakes_settings_errors_name_the_key(tmp_path):
+    """Issue 21: a non-positive δ (margin) or β, a learning rate <= 0, a first reflection round < 1."""
+    for kind in ("hinge", "redi", "dpop"):
+        assert load_config(None, [f"train.reflection.kind={kind}"]).train.reflection.kind == kind
+    for key, value, message in [("margin", "0", "greater than 0"), ("margin", "-0.1", "greater than 0"),
+                                ("beta", "0", "greater than 0"), ("lr", "0", "greater than 0"),
+                                ("lr", "-1e-5", "greater than 0"), ("penalty", "-1", "greater than or equal to 0"),
+                                ("start_round", "0", "greater than or equal to 1")]:
+        with pytest.raises(ConfigError, match=rf"train\.reflection\.{key}: .*{message}"):
+            load_config(None, ["train.reflection.kind=hinge", f"train.reflection.{key}={value}"])
+    path = _yaml(tmp_path, "train:\n  reflection:\n    kind: dpop\n    lr: 0.0\n")
+    with pytest.raises(ConfigError, match=r"cfg\.yaml:4: train\.reflection\.lr"):
+        load_config(path)
+    with pytest.raises(ConfigError, match=r"train\.lr: .*greater than 0"):
+        load_config(None, ["train.lr=0"])
+
+
+def test_round_train_sft_rounds_then_the_reflection_rounds_at_their_own_rate():
+    """Defaults are the paper's: the loss acts from round 1 at train.lr. With start_round 2 and a reflection lr,
+    round 1 is λ = 0 at train.lr and round 2 trains L_lm + λ·L_kind at the reflection lr."""
+    from rbyr_ray.config import round_train
+
+    paper = load_config().train
+    assert (paper.reflection.start_round, paper.reflection.lr, paper.reflection.penalty) == (1, None, 50.0)
+    assert round_train(paper, 1) == paper and round_train(paper, 3) == paper
+    train = load_config(None, ["train.lr=1e-3", "train.reflection.kind=hinge", "train.reflection.weight=0.5",
+                               "train.reflection.start_round=2", "train.reflection.lr=1e-4"]).train
+    first, second = round_train(train, 1), round_train(train, 2)
+    assert (first.lr, first.reflection.weight, first.reflection.kind) == (1e-3, 0.0, "hinge")
+    assert (second.lr, second.reflection.weight) == (1e-4, 0.5)
+    assert train.lr == 1e-3 and train.reflection.weight == 0.5  # the config itself is unchanged
 
 
 @pytest.mark.parametrize(("text", "message"), [

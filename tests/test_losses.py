@@ -13,7 +13,16 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from rbyr_ray.train.data import collate
-from rbyr_ray.train.losses import preference_loss, reflection_loss, sequence_logp, weighted_lm_loss
+from rbyr_ray.train.losses import (
+    DPOP_PENALTY,
+    dpop_loss,
+    likelihood_hinge_loss,
+    preference_loss,
+    redi_loss,
+    reflection_loss,
+    sequence_logp,
+    weighted_lm_loss,
+)
 from rbyr_ray.train.objective import ReflectionObjective
 
 PAD = 0
@@ -313,4 +322,135 @@ def test_ranking_gradients_reach_chosen_and_rejected_and_skip_invalid_items(mode
     for name, tokens in {"chosen": [10, 11, 12, 13, 14, 15, 16, 17, 18], "rejected": [30, 31, 32, 33, 34, 35, 36, 37, 38]}.items():
         assert all(row_norm[t] > 0 for t in tokens), name
     assert row_norm[19] == 0 and row_norm[45] == 0, "the item without a negative has no L_rank gradient"
+    assert not math.isnan(row_norm.sum().item())
+
+
+# ------------------------------------------------------------------------------ hinge, redi, dpop (issue 21)
+
+
+def reference_hinge(c, r, margin) -> float:
+    return max(0.0, margin - (c - r))
+
+
+def reference_dpop(c, r, rc, rr, beta, penalty) -> float:
+    """arXiv 2402.13228, Eq. 3: DPO's margin less penalty * max(0, log pi_ref(t) - log pi(t)), inside beta."""
+    x = beta * ((c - rc) - (r - rr) - penalty * max(0.0, rc - c))
+    return math.log1p(math.exp(-x)) if x > -30 else -x  # -log sigmoid(x), exact at either end
+
+
+def _pairs(seed: int):
+    torch.manual_seed(seed)
+    c, r = (torch.randn(7, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    rc, rr = (torch.randn(7, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    return c, r, rc, rr, torch.tensor([True, True, False, True, True, False, True])
+
+
+def test_likelihood_hinge_matches_reference_and_acts_only_below_the_margin():
+    c, r, _, _, valid = _pairs(3)
+    margin = 0.4
+    loss = likelihood_hinge_loss(c, r, valid, margin)
+    terms = {i: reference_hinge(c[i].item(), r[i].item(), margin) for i in range(7) if valid[i]}
+    assert loss.item() == pytest.approx(sum(terms.values()) / len(terms), rel=1e-12)
+    assert 0 < sum(t > 0 for t in terms.values()) < len(terms)  # both active and satisfied hinges occur
+    loss.backward()
+    for i in range(7):  # d/dc of max(0, m - (c - r)) / n: -1/n where active, else 0; +1/n for r
+        want = -1.0 / len(terms) if terms.get(i, 0.0) > 0 else 0.0
+        assert c.grad[i].item() == pytest.approx(want, abs=1e-15)
+        assert r.grad[i].item() == pytest.approx(-want, abs=1e-15)
+
+
+def test_redi_is_the_mean_rejected_likelihood_over_valid_items():
+    _, r, _, _, valid = _pairs(4)
+    loss = redi_loss(r, valid)
+    kept = [r[i].item() for i in range(7) if valid[i]]
+    assert loss.item() == pytest.approx(sum(kept) / len(kept), rel=1e-12)
+    loss.backward()
+    assert r.grad.tolist() == pytest.approx([1.0 / len(kept) if v else 0.0 for v in valid.tolist()], abs=1e-15)
+
+
+@pytest.mark.parametrize("penalty", [DPOP_PENALTY, 2.0, 0.0])
+def test_dpop_matches_reference_with_gradients_through_the_policy_only(penalty):
+    c, r, rc, rr, valid = _pairs(6)
+    beta = 0.3
+    loss = dpop_loss(c, r, rc, rr, valid, beta, penalty)
+    terms = [reference_dpop(c[i].item(), r[i].item(), rc[i].item(), rr[i].item(), beta, penalty)
+             for i in range(7) if valid[i]]
+    assert loss.item() == pytest.approx(sum(terms) / len(terms), rel=1e-12)
+    if penalty == 0.0:  # DPOP without its penalty is DPO
+        assert loss.item() == pytest.approx(preference_loss(c, r, rc, rr, valid, beta).item(), rel=1e-12)
+    assert any(rc[i] > c[i] for i in range(7) if valid[i]) and any(rc[i] < c[i] for i in range(7) if valid[i])
+    loss.backward()
+    n = len(terms)
+    for i in range(7):  # d/dc: -beta * sigmoid(-x) * (1 + penalty [where log pi(t) < log pi_ref(t)]) / n
+        ci, ri, rci, rri = c[i].item(), r[i].item(), rc[i].item(), rr[i].item()
+        x = beta * ((ci - rci) - (ri - rri) - penalty * max(0.0, rci - ci))
+        s = 1.0 / (1.0 + math.exp(x))
+        want_c = -beta * s * (1.0 + (penalty if rci > ci else 0.0)) / n if valid[i] else 0.0
+        want_r = beta * s / n if valid[i] else 0.0
+        assert c.grad[i].item() == pytest.approx(want_c, rel=1e-10, abs=1e-15)
+        assert r.grad[i].item() == pytest.approx(want_r, rel=1e-10, abs=1e-15)
+    assert rc.grad is None and rr.grad is None  # pi_ref is a constant
+
+
+@pytest.mark.parametrize("kind", ["hinge", "redi", "dpop"])
+def test_new_losses_without_valid_items_are_zero_with_a_gradient_path(kind):
+    c = torch.tensor([-40.0, -1e4], dtype=torch.float64, requires_grad=True)
+    r = torch.tensor([-1.0, 0.0], dtype=torch.float64, requires_grad=True)
+    zero, none = torch.zeros(2, dtype=torch.float64), torch.zeros(2, dtype=torch.bool)
+    loss = {"hinge": lambda: likelihood_hinge_loss(c, r, none, 0.5), "redi": lambda: redi_loss(r, none),
+            "dpop": lambda: dpop_loss(c, r, zero, zero, none)}[kind]()
+    assert loss.item() == 0.0 and loss.requires_grad and loss.dtype == torch.float64
+    loss.backward()
+    assert torch.equal(r.grad, torch.zeros(2, dtype=torch.float64))
+    assert c.grad is None or not torch.isnan(c.grad).any()
+
+
+def reference_mean_logp(model, ids, n_prefix) -> float:
+    return reference_seq_logp(model, ids, n_prefix) / (len(ids) - n_prefix)
+
+
+@pytest.mark.parametrize("kind", ["hinge", "redi", "dpop"])
+def test_likelihood_objectives_match_reference(model, kind):
+    """L = L_lm + λ·L_kind through ReflectionObjective, from per-row references (unpadded forwards), and the
+    signals: ℓ̄(t), ℓ̄(m), their gap; the active hinges; dpop's rewards and penalty term."""
+    rows, beta, margin, penalty, weight = with_reference(ranking_items(), model), 0.5, 0.3, 2.0, 0.7
+    out = ReflectionObjective(model, weight=weight, margin=margin, kind=kind, beta=beta, penalty=penalty)(
+        collate(rows, PAD, W_PREFIX, kind=kind))
+    assert out["n_valid"].item() == 3
+    valid = rows[:3]
+    lt = [reference_mean_logp(model, row["input_ids"], row["n_prefix"]) for row in valid]
+    lm_ = [reference_mean_logp(model, row["neg_ids"], row["n_prefix"]) for row in valid]
+    if kind == "hinge":
+        want = sum(reference_hinge(a, b, margin) for a, b in zip(lt, lm_)) / 3
+        assert out["hinge_active"].item() == pytest.approx(sum(a - b < margin for a, b in zip(lt, lm_)) / 3)
+    elif kind == "redi":
+        want = sum(lm_) / 3
+    else:
+        c = [reference_seq_logp(model, row["input_ids"], row["n_prefix"]) for row in valid]
+        r = [reference_seq_logp(model, row["neg_ids"], row["n_prefix"]) for row in valid]
+        want = sum(reference_dpop(c[i], r[i], row["ref_chosen_logp"], row["ref_rejected_logp"], beta, penalty)
+                   for i, row in enumerate(valid)) / 3
+        shortfall = [max(0.0, row["ref_chosen_logp"] - c[i]) for i, row in enumerate(valid)]
+        assert out["dpop_penalty"].item() == pytest.approx(sum(shortfall) / 3, rel=1e-10, abs=1e-12)
+        assert 0 < sum(s > 0 for s in shortfall) < 3  # with_reference's shifts put t on both sides of pi_ref
+        assert out["rewards/chosen"].item() == pytest.approx(
+            sum(beta * (c[i] - row["ref_chosen_logp"]) for i, row in enumerate(valid)) / 3, rel=1e-10)
+    assert out["ref_loss"].item() == pytest.approx(want, rel=1e-10)
+    assert out["loss"].item() == pytest.approx(reference_lm(model, rows) + weight * want, rel=1e-10)
+    assert out["loglik_chosen"].item() == pytest.approx(sum(lt) / 3, rel=1e-10)
+    assert out["loglik_rejected"].item() == pytest.approx(sum(lm_) / 3, rel=1e-10)
+    assert out["loglik_gap"].item() == pytest.approx((sum(lt) - sum(lm_)) / 3, rel=1e-10)
+
+
+@pytest.mark.parametrize("kind", ["hinge", "redi", "dpop"])
+def test_likelihood_gradients_skip_items_without_a_negative(model, kind):
+    rows = with_reference(ranking_items(), model)
+    batch = collate(rows, PAD, W_PREFIX, kind=kind)
+    embeddings = model.model.embed_tokens.weight
+    # margin 10 nats/token: every hinge active, so each valid item pulls
+    total = torch.autograd.grad(ReflectionObjective(model, weight=1.0, margin=10.0, kind=kind)(batch)["loss"], embeddings)[0]
+    lm_only = torch.autograd.grad(ReflectionObjective(model, weight=0.0, kind=kind)(batch)["loss"], embeddings)[0]
+    row_norm = (total - lm_only).norm(dim=1)
+    assert all(row_norm[t] > 0 for t in [30, 31, 32, 33, 34, 35, 36, 37, 38]), "the rejected tokens get a gradient"
+    assert row_norm[19] == 0 and row_norm[45] == 0, "the item without a negative has no L_kind gradient"
     assert not math.isnan(row_norm.sum().item())

@@ -22,14 +22,16 @@ import logging
 import os
 from pathlib import Path
 
-from ..config import ExperimentConfig
+from ..config import ExperimentConfig, round_train
 from .rundir import RunDir, load_run_config
 
 log = logging.getLogger(__name__)
 
 # Keys that never change what a stage computes (bookkeeping), and the loss-only reflection keys.
 _BOOKKEEPING = {"name": True, "run_dir": True, "rounds": True, "patience": True, "tracking": True}
-_LOSS_ONLY = {"weight", "kind", "margin", "pooling", "beta"}
+# start_round and lr are compared per round instead (config.round_train): an SFT round before start_round is the
+# same whatever the reflection settings, so presets differing only in round 2's objective share round 1.
+_LOSS_ONLY = {"weight", "kind", "margin", "pooling", "beta", "penalty", "start_round", "lr"}
 _ROUND_STAGES = ["exam", "teacher", "train_data", "train", "eval"]
 # What the untuned student's round 0 (its exam and evaluation) reads.
 _ROUND0_INPUTS = {"task", "student", "exam", "eval", "seed"}
@@ -41,7 +43,6 @@ def shareable_stages(cfg: ExperimentConfig, src_cfg: ExperimentConfig, src: RunD
     exclude = {**_BOOKKEEPING, "teacher": {"ledger"}, "train": {"reflection": _LOSS_ONLY}}
     if cfg.model_dump(exclude=exclude) != src_cfg.model_dump(exclude=exclude):
         return _round0_stages(cfg, src_cfg, src)
-    same_loss = cfg.train.reflection == src_cfg.train.reflection
     shared: list[tuple[int, str]] = []
     for k in range(min(cfg.rounds, src_cfg.rounds) + 1):
         # Round 1 learns from round 0's exam (if any) and has none of its own.
@@ -51,19 +52,29 @@ def shareable_stages(cfg: ExperimentConfig, src_cfg: ExperimentConfig, src: RunD
                 if k == 0 and stage == "exam":
                     continue  # no round-0 exam in either config (the configs are equal there)
                 return shared
-            # Training differs only if a reflection loss can act in either run (then L = L_lm in both).
-            if stage == "train" and not same_loss:
-                data = (src.done(k, "train_data") or {}).get("metrics", {})
-                if _reflection_acts(cfg, data) or _reflection_acts(src_cfg, data):
-                    return shared
+            # Training differs if the round's learning rate does, or if a reflection loss can act in either run
+            # (otherwise L = L_lm in both).
+            if stage == "train" and not _same_training(cfg, src_cfg, k, src):
+                return shared
             shared.append((k, stage))
     return shared
 
 
-def _reflection_acts(cfg: ExperimentConfig, train_data_metrics: dict) -> bool:
-    """Whether cfg's reflection loss has items to act on: the triplet those with a positive and a negative,
-    ranking those with a negative (an old stage without the count: assume it acts)."""
-    rcfg = cfg.train.reflection
+def _same_training(cfg: ExperimentConfig, src_cfg: ExperimentConfig, k: int, src: RunDir) -> bool:
+    """Whether round k trains identically under both configs (the same data and starting model given)."""
+    mine, theirs = round_train(cfg.train, k), round_train(src_cfg.train, k)
+    if mine.lr != theirs.lr:
+        return False
+    per_round = {"start_round", "lr"}  # already applied by round_train
+    if mine.reflection.model_dump(exclude=per_round) == theirs.reflection.model_dump(exclude=per_round):
+        return True
+    data = (src.done(k, "train_data") or {}).get("metrics", {})
+    return not (_reflection_acts(mine.reflection, data) or _reflection_acts(theirs.reflection, data))
+
+
+def _reflection_acts(rcfg, train_data_metrics: dict) -> bool:
+    """Whether a round's reflection settings have items to act on: the triplet those with a positive and a
+    negative, the other kinds those with a negative (an old stage without the count: assume it acts)."""
     key = "items_with_triplet" if rcfg.kind == "triplet" else "items_with_negative"
     return rcfg.weight > 0 and train_data_metrics.get(key, 1) > 0
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Collection
 from pathlib import Path
 
 import pandas as pd
 
+from .files import broken_stage_outputs, first_broken, read_parquet
 from .summary import reflection_state
 
 log = logging.getLogger(__name__)
@@ -32,9 +34,12 @@ def write_report(run_dir: Path, summary: dict, weak: pd.DataFrame | None = None)
     ax.set(title="test accuracy", xlabel="round", ylim=(0, 1))
     ax.legend(fontsize=8)
     ax = axes[1]
-    # The share of the rationales obtained that were accepted, rejected for the answer, rejected for a false step.
+    # The share of the rationales obtained that were accepted, and rejected for the answer, a false step, talk about
+    # the feedback prompt, or being cut off.
     parts = [("teacher_accepted", "accepted", "tab:green"), ("teacher_rejected_answer", "wrong answer", "tab:red"),
-             ("teacher_rejected_steps", "false step", "tab:orange")]
+             ("teacher_rejected_steps", "false step", "tab:orange"),
+             ("teacher_rejected_feedback", "refers to feedback", "tab:purple"),
+             ("teacher_rejected_truncated", "truncated", "tab:gray")]
     totals = [max(1, sum(r.get(key) or 0 for key, _, _ in parts)) for r in rounds]
     bottom = [0.0] * len(rounds)
     for key, label, color in parts:
@@ -45,7 +50,7 @@ def write_report(run_dir: Path, summary: dict, weak: pd.DataFrame | None = None)
     ax.legend(fontsize=7)
     ax = axes[2]
     ax.plot(ks, [r["lm_loss"] for r in rounds], "o-", label="L_lm")
-    acted = [r for r in rounds if reflection_state(r) in ("triplet", "ranking")]
+    acted = [r for r in rounds if reflection_state(r) in ("triplet", "ranking", "hinge", "redi", "dpop")]
     ax.plot([r["round"] for r in acted], [r["reflection_loss"] for r in acted], "s-", label="L_ref")
     _say_why_not(ax, rounds)
     ax.set(title="training losses", xlabel="round")
@@ -55,6 +60,16 @@ def write_report(run_dir: Path, summary: dict, weak: pd.DataFrame | None = None)
         ax.plot([r["round"] for r in acted], [r["rewards/accuracies"] for r in acted], "o-", label="rewards/accuracies")
         ax.plot([r["round"] for r in acted], [r["rewards/margins"] for r in acted], "s-", label="rewards/margins")
         title = "ranking: teacher preferred over mistake"
+    elif acted and reflection_state(acted[0]) in ("hinge", "redi", "dpop"):
+        # Does ℓ̄(t) fall with ℓ̄(m)? The likelihood kinds act on what decoding uses.
+        ks_acted = [r["round"] for r in acted]
+        ax.plot(ks_acted, [r.get("loglik_chosen") for r in acted], "o-", label="ℓ̄(t) teacher")
+        ax.plot(ks_acted, [r.get("loglik_rejected") for r in acted], "s-", label="ℓ̄(m) mistake")
+        extra = {"hinge": ("hinge_active", "active hinges"), "dpop": ("dpop_penalty", "dpop penalty term")}
+        if reflection_state(acted[0]) in extra:
+            key, label = extra[reflection_state(acted[0])]
+            ax.plot(ks_acted, [r.get(key) for r in acted], "^-", label=label)
+        title = f"{reflection_state(acted[0])}: mean token log-likelihoods"
     else:
         ax.plot([r["round"] for r in acted], [r.get("reflection_gap") for r in acted], "o-", label="Δ = cos(a,p) − cos(a,n)")
         ax.plot([r["round"] for r in acted], [r.get("reflection_active") for r in acted], "s-", label="active hinges")
@@ -91,8 +106,9 @@ def _say_why_not(ax, rounds: list[dict]) -> None:
         ax.set_xlim(min(ks) - 0.5, max(ks) + 0.5)  # a round with nothing plotted keeps its place
 
 
-def weak_spots(run_dir: Path) -> pd.DataFrame:
-    """Accuracy per (tag, value) per round over the evaluation questions (arith steps/ops, SVAMP type, ...)."""
+def weak_spots(run_dir: Path, skip: Collection[Path] = ()) -> pd.DataFrame:
+    """Accuracy per (tag, value) per round over the evaluation questions (arith steps/ops, SVAMP type, ...);
+    the eval files in `skip` (known broken) left out."""
     from ..tasks import load_task
     from .rundir import load_run_config
 
@@ -101,8 +117,10 @@ def weak_spots(run_dir: Path) -> pd.DataFrame:
     tags = {r.id: r.tags for r in task.train + task.test + task.val}
     frames = []
     for path in sorted(run_dir.glob("round_*/eval.parquet")):
+        if path in skip:
+            continue
         k = int(path.parent.name.split("_")[1])
-        rows = pd.read_parquet(path, columns=["id", "correct"])
+        rows = read_parquet(path, columns=["id", "correct"])
         for qid, correct in zip(rows["id"], rows["correct"]):
             for tag, value in tags.get(qid, {}).items():
                 frames.append((k, tag, str(value), bool(correct)))
@@ -124,7 +142,9 @@ def format_weak_spots(weak: pd.DataFrame) -> str:
 
 
 def rebuild(run_dir: Path) -> dict:
-    """Rebuild summary.json, the round table, report.png and weak_spots.csv from a run dir's files."""
+    """Rebuild summary.json, the round table, report.png and weak_spots.csv from a run dir's files. A completed
+    stage's broken output (a truncated or foreign Parquet file, a model folder without weights) is left out,
+    and named at the end as a BrokenFile error with the resume flag that recomputes it."""
     from .rundir import RunDir, load_run_config
     from .summary import build_summary, print_round_table
 
@@ -132,11 +152,14 @@ def rebuild(run_dir: Path) -> dict:
     summary = build_summary(rd)
     rd.write_summary(summary)
     print_round_table(summary)
-    weak = weak_spots(run_dir)
+    broken = broken_stage_outputs(rd)
+    weak = weak_spots(run_dir, skip={Path(exc.path) for exc in broken if exc.path})
     weak.to_csv(run_dir / "weak_spots.csv", index=False)
     print("\nweak spots: test accuracy per question tag and round")
     print(format_weak_spots(weak))
     out = write_report(run_dir, summary, weak)
     print(f"\nwrote {out}")
     log.debug(json.dumps(summary))
+    if broken:
+        raise first_broken(broken, "; the report leaves it out")
     return summary

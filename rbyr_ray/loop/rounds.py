@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..config import ExperimentConfig, load_config
+from ..config import ExperimentConfig, load_config, round_train
 from ..ray_utils import init_ray
 from ..tasks import TASKS, Record, load_task
 from .rundir import RunDir, load_run_config
@@ -242,12 +242,16 @@ class _StageRunner:
 
         out_dir = self.rd.round_dir(k)
 
+        # Before train.reflection.start_round: λ = 0 at train.lr; from it on: λ at train.reflection.lr (or train.lr).
+        train = round_train(self.cfg.train, k)
+
         def go():
-            result = train_round(out_dir / "train_data.parquet", model, out_dir, self.cfg, seed=self.cfg.seed + k)
+            result = train_round(out_dir / "train_data.parquet", model, out_dir, self.cfg.model_copy(update={"train": train}),
+                                 seed=self.cfg.seed + k)
             # reflection_loss and the signals (Δ, or TRL's rewards/*) are None/absent where the loss acted on no item.
             return {"lm_loss": result.lm_loss, "reflection_loss": result.reflection_loss,
-                    "reflection_kind": self.cfg.train.reflection.kind, "reflection_weight": self.cfg.train.reflection.weight,
-                    "reflection_items": result.reflection_items,
+                    "reflection_kind": train.reflection.kind, "reflection_weight": train.reflection.weight,
+                    "lr": train.lr, "reflection_items": result.reflection_items,
                     **result.signals, "steps": result.steps, "tokens": result.tokens, "model_dir": str(result.model_dir)}
         return self._run(k, "train", go)["model_dir"]
 

@@ -5,10 +5,19 @@ from __future__ import annotations
 from .rundir import RunDir
 
 ROUND_FIELDS = ["test_accuracy", "exam_accuracy", "mistake_questions", "teacher_requests", "teacher_ledger_hits",
-                "teacher_accepted", "teacher_rejected_answer", "teacher_rejected_steps", "lm_loss", "reflection_loss"]
+                "teacher_accepted", "teacher_rejected_answer", "teacher_rejected_steps", "teacher_rejected_feedback",
+                "teacher_rejected_truncated", "lm_loss", "reflection_loss"]
 # The reflection loss's learning signal over the last epoch (None where it acted on no item): the triplet's gap
 # Δ = cos(a,p) - cos(a,n) and its fraction of active hinges; ranking's TRL rewards/margins and rewards/accuracies.
-SIGNAL_FIELDS = ["reflection_gap", "reflection_active", "rewards/margins", "rewards/accuracies"]
+# hinge, redi, dpop: the mean token log-likelihoods ℓ̄(t), ℓ̄(m), their gap, the active hinges, dpop's penalty term.
+SIGNAL_FIELDS = ["reflection_gap", "reflection_active", "rewards/margins", "rewards/accuracies",
+                 "loglik_chosen", "loglik_rejected", "loglik_gap", "hinge_active", "dpop_penalty"]
+# The round table's signal columns per kind: (header, field).
+TABLE_SIGNALS = {"triplet": [("ref_gap", "reflection_gap"), ("active", "reflection_active")],
+                 "ranking": [("margins", "rewards/margins"), ("pref_acc", "rewards/accuracies")],
+                 "hinge": [("lik_t", "loglik_chosen"), ("lik_gap", "loglik_gap"), ("active", "hinge_active")],
+                 "redi": [("lik_t", "loglik_chosen"), ("lik_m", "loglik_rejected"), ("lik_gap", "loglik_gap")],
+                 "dpop": [("lik_t", "loglik_chosen"), ("margins", "rewards/margins"), ("penalty", "dpop_penalty")]}
 
 
 def reflection_state(row: dict) -> str | None:
@@ -46,6 +55,10 @@ def build_summary(rd: RunDir) -> dict:
             # rejected only for the answer.
             "teacher_rejected_answer": teacher.get("teacher_rejected_answer", teacher.get("teacher_rejected")),
             "teacher_rejected_steps": teacher.get("teacher_rejected_steps", 0 if teacher else None),
+            # Right answers that refer to the student, the hint or the previous attempt, and answers cut off at
+            # max_tokens (issue 23); runs from before counted neither.
+            "teacher_rejected_feedback": teacher.get("teacher_rejected_feedback", 0 if teacher else None),
+            "teacher_rejected_truncated": teacher.get("teacher_rejected_truncated", 0 if teacher else None),
             "lm_loss": train.get("lm_loss"),
             "reflection_loss": train.get("reflection_loss"),
             **{key: train.get(key) for key in SIGNAL_FIELDS},
@@ -76,11 +89,13 @@ def _cell(value, width: int) -> str:
 
 
 def format_round_table(summary: dict) -> str:
-    ranking = any(reflection_state(r) == "ranking" for r in summary["rounds"])
-    # The signal columns: Δ and active hinges (triplet), or TRL's reward margin and accuracy (ranking).
-    signal = ["rewards/margins", "rewards/accuracies"] if ranking else ["reflection_gap", "reflection_active"]
-    headers = ["round", "test_acc", "exam_acc", "mistakes", "t_req", "t_hits", "t_acc", "t_rej_a", "t_rej_s", "lm_loss", "ref_loss",
-               *(["margins", "pref_acc"] if ranking else ["ref_gap", "active"]), "wall_s"]
+    # The signal columns of the kind that acted: Δ and active hinges (triplet), TRL's reward margin and accuracy
+    # (ranking), the mean token log-likelihoods (hinge, redi, dpop).
+    kind = next((state for r in summary["rounds"] if (state := reflection_state(r)) in TABLE_SIGNALS), "triplet")
+    signal = [field for _, field in TABLE_SIGNALS[kind]]
+    headers = ["round", "test_acc", "exam_acc", "mistakes", "t_req", "t_hits", "t_acc", "t_rej_a", "t_rej_s", "t_rej_f",
+               "t_rej_t", "lm_loss", "ref_loss",
+               *(header for header, _ in TABLE_SIGNALS[kind]), "wall_s"]
     widths = [9] * len(headers)
     widths[headers.index("ref_loss")] = 11  # room for "no triplets"
     lines = [" ".join(h.rjust(w) for h, w in zip(headers, widths))]

@@ -187,7 +187,7 @@ def collate(items: Sequence[Mapping], pad_id: int, w_prefix: float, kind: str = 
     weights = torch.where(positions < torch.tensor(n_prefix).unsqueeze(1), w_prefix, 1.0)
     weights = weights * attention_mask
     labels = torch.where(positions < lengths, input_ids, torch.full_like(input_ids, IGNORE))
-    ranking = kind == "ranking"
+    ranking = kind != "triplet"  # ranking, hinge, redi, dpop: the anchor and a negative (see objective.PAIR_KINDS)
     valid = torch.tensor([len(item["neg_ids"]) > 0 if ranking else bool(item["valid"]) for item in items])
     batch = {
         "input_ids": input_ids, "attention_mask": attention_mask, "labels": labels,

@@ -6,6 +6,9 @@ L_lm   = sum_t w_t * CE_t / #non-pad tokens      (w = w_prefix on prefix tokens,
 L_ref  = mean over valid items of max(0, margin - cos(a, p) + cos(a, n))
 L_rank = mean over valid items of -log sigmoid(beta * ((log pi(t|x) - log pi_ref(t|x)) - (log pi(m|x) - log pi_ref(m|x))))
          t the teacher's rationale (chosen), m the student's wrong one (rejected): DPO's loss
+L_hinge = mean over valid items of max(0, delta - (l(t) - l(m)))        l(y): mean token log-likelihood of y
+L_redi  = mean over valid items of l(m)                                  (REDI: L_lm + alpha * l(m))
+L_dpop  = L_rank with beta * penalty * max(0, log pi_ref(t|x) - log pi(t|x)) subtracted inside the sigmoid
 """
 
 from __future__ import annotations
@@ -99,3 +102,50 @@ def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, mode: str = "last",
 def total_loss(lm: torch.Tensor, ref: torch.Tensor, weight: float) -> torch.Tensor:
     """L = L_lm + lambda * L_ref; with lambda = 0 exactly L_lm."""
     return lm + weight * ref if weight else lm
+
+
+# ------------------------------------------------------------------------------------------------ learning from
+# mistakes on sequence likelihoods (METHOD.md "beyond the paper"): ℓ̄(y) = the mean token log-likelihood of a target
+# (rationale, answer line, eos) given the prefix; t the teacher's rationale (chosen), m the student's wrong one.
+
+DPOP_PENALTY = 50.0  # λ_p of DPO-Positive: the value arXiv 2402.13228 trains its models with (and PaddleNLP's default)
+
+
+def target_tokens(target_mask: torch.Tensor) -> torch.Tensor:
+    """Tokens per sequence that sequence_logp sums over [B] (at least 1): divide by it for ℓ̄(y)."""
+    return target_mask[:, 1:].sum(1).clamp(min=1)
+
+
+def _masked_mean(per_item: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """The mean over valid items; 0 attached to the graph (never NaN) when none is valid."""
+    per_item = torch.where(valid, per_item, torch.zeros_like(per_item))
+    return per_item.sum() / valid.sum().clamp(min=1)
+
+
+def likelihood_hinge_loss(chosen_mean_logp: torch.Tensor, rejected_mean_logp: torch.Tensor, valid: torch.Tensor,
+                          margin: float) -> torch.Tensor:
+    """SLiC-style likelihood hinge on [B] mean token log-likelihoods: mean over valid items of
+    max(0, margin - (ℓ̄(t) - ℓ̄(m))), margin δ in nats per token. It acts only on negatives the student still
+    finds nearly as likely as the teacher's rationale."""
+    chosen, rejected = _at_least_fp32(chosen_mean_logp), _at_least_fp32(rejected_mean_logp)
+    return _masked_mean(torch.clamp(margin - (chosen - rejected.to(chosen.dtype)), min=0.0), valid)
+
+
+def redi_loss(rejected_mean_logp: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """REDI's negative term (arXiv 2505.24850), reference-free: the mean over valid items of ℓ̄(m). Minimizing
+    L_lm + α·ℓ̄(m) keeps the NLL on the teacher's rationale and pushes the student's mistake down."""
+    return _masked_mean(_at_least_fp32(rejected_mean_logp), valid)
+
+
+def dpop_loss(chosen_logp: torch.Tensor, rejected_logp: torch.Tensor, ref_chosen_logp: torch.Tensor,
+              ref_rejected_logp: torch.Tensor, valid: torch.Tensor, beta: float = 0.1,
+              penalty: float = DPOP_PENALTY) -> torch.Tensor:
+    """DPO-Positive (arXiv 2402.13228, Eq. 3) on [B] summed log-likelihoods: the mean over valid items of
+    -log sigmoid(beta * ((log pi(t) - log pi_ref(t)) - (log pi(m) - log pi_ref(m)) - penalty * max(0, log pi_ref(t) - log pi(t)))).
+    The penalty is 0 while the chosen likelihood stays at or above the reference's, so DPO cannot buy its margin
+    by lowering the teacher's rationale. Reference terms are constants; penalty = 0 is preference_loss."""
+    chosen, rejected = _at_least_fp32(chosen_logp), _at_least_fp32(rejected_logp)
+    ref_chosen, ref_rejected = ref_chosen_logp.detach().to(chosen.dtype), ref_rejected_logp.detach().to(chosen.dtype)
+    shortfall = torch.clamp(ref_chosen - chosen, min=0.0)
+    margin = (chosen - ref_chosen) - (rejected - ref_rejected) - penalty * shortfall
+    return _masked_mean(-F.logsigmoid(beta * margin), valid)

@@ -2,18 +2,21 @@
 
     objective = ReflectionObjective(model, weight=0.5, margin=1.0, pooling="last")        # the paper's triplet
     objective = ReflectionObjective(model, weight=0.5, kind="ranking", beta=0.1)          # the DPO-style variant
+    objective = ReflectionObjective(model, weight=0.5, kind="hinge", margin=0.5)          # or "redi", "dpop"
     out = objective(batch)          # {"loss", "lm_loss", "ref_loss", "n_valid", + the signals of SIGNALS[kind]}
     out["loss"].backward()
 
 A batch (see rbyr_ray.train.data.collate) holds, per item: the anchor sequence prefix(q) + teacher rationale
 (`input_ids`, `attention_mask`, `labels`, `weights`, `rationale_mask`, `target_mask`), its positive prefix(q) +
 another teacher rationale and its negative prefix(q) + one of the student's wrong rationales (`pos_*`, `neg_*`),
-and `valid`, true where the item has what its kind needs (triplet: both; ranking: a negative). For `ranking`
-it also holds `ref_chosen_logp`/`ref_rejected_logp`, the round's starting weights' log-likelihoods (computed
-once before training by `reference_logps`).
+and `valid`, true where the item has what its kind needs (triplet: both; the others: a negative). For
+`ranking` and `dpop` it also holds `ref_chosen_logp`/`ref_rejected_logp`, the round's starting weights'
+log-likelihoods (computed once before training by `reference_logps`).
 
 The signals are means over the batch's valid items, for logs only: triplet cos(a,p), cos(a,n), their gap
-and the fraction of active hinges; ranking TRL's rewards (beta * log-ratio) and how often the teacher wins.
+and the fraction of active hinges; ranking TRL's rewards (beta * log-ratio) and how often the teacher wins;
+hinge, redi, dpop the mean token log-likelihoods ℓ̄(t), ℓ̄(m) and their gap (hinge: the fraction of active
+hinges; dpop: TRL's rewards and the mean penalty term max(0, log pi_ref(t) - log pi(t))).
 """
 
 from __future__ import annotations
@@ -22,10 +25,29 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .losses import pool, preference_loss, reflection_loss, sequence_logp, total_loss, weighted_lm_loss
+from .losses import (
+    DPOP_PENALTY,
+    dpop_loss,
+    likelihood_hinge_loss,
+    pool,
+    preference_loss,
+    redi_loss,
+    reflection_loss,
+    sequence_logp,
+    target_tokens,
+    total_loss,
+    weighted_lm_loss,
+)
 
+_REWARDS = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies")
+_LIKELIHOODS = ("loglik_chosen", "loglik_rejected", "loglik_gap")  # ℓ̄(t), ℓ̄(m), ℓ̄(t) - ℓ̄(m)
 SIGNALS = {"triplet": ("reflection_cos_ap", "reflection_cos_an", "reflection_gap", "reflection_active"),
-           "ranking": ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies")}
+           "ranking": _REWARDS,
+           "hinge": (*_LIKELIHOODS, "hinge_active"),
+           "redi": _LIKELIHOODS,
+           "dpop": (*_REWARDS, "dpop_penalty", *_LIKELIHOODS)}
+PAIR_KINDS = ("ranking", "hinge", "redi", "dpop")  # need a negative, not a positive
+REFERENCE_KINDS = ("ranking", "dpop")  # need pi_ref's log-likelihoods
 
 
 def _backbone(model: nn.Module) -> nn.Module:
@@ -36,9 +58,10 @@ def _backbone(model: nn.Module) -> nn.Module:
 
 class ReflectionObjective(nn.Module):
     def __init__(self, model: nn.Module, weight: float = 0.5, margin: float = 1.0, pooling: str = "last",
-                 kind: str = "triplet", beta: float = 0.1):
+                 kind: str = "triplet", beta: float = 0.1, penalty: float = DPOP_PENALTY):
         super().__init__()
         self.model, self.weight, self.margin, self.pooling, self.kind, self.beta = model, weight, margin, pooling, kind, beta
+        self.penalty = penalty
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         # One pass over the anchors gives L_lm, the anchor representations and the chosen log-likelihoods.
@@ -51,8 +74,12 @@ class ReflectionObjective(nn.Module):
             ref = out.logits.sum() * 0.0  # zero, attached to the graph (DDP sees every parameter used)
             return {"loss": total_loss(lm, ref, self.weight), "lm_loss": lm.detach(), "ref_loss": ref.detach(),
                     "n_valid": torch.zeros((), device=lm.device)}
-        ref, signals = (self._triplet(out.hidden_states[-1], batch, valid) if triplet
-                        else self._ranking(out.logits, batch, valid))
+        if triplet:
+            ref, signals = self._triplet(out.hidden_states[-1], batch, valid)
+        elif self.kind == "ranking":
+            ref, signals = self._ranking(out.logits, batch, valid)
+        else:
+            ref, signals = self._likelihood(out.logits, batch, valid)
         return {"loss": total_loss(lm, ref, self.weight), "lm_loss": lm.detach(), "ref_loss": ref.detach(),
                 "n_valid": valid.sum().to(lm.dtype), **signals}
 
@@ -80,12 +107,38 @@ class ReflectionObjective(nn.Module):
         chosen = sequence_logp(logits, batch["input_ids"], batch["target_mask"])
         rejected = self._logp(batch["neg_input_ids"], batch["neg_attention_mask"], batch["neg_target_mask"])
         ref = preference_loss(chosen, rejected, batch["ref_chosen_logp"], batch["ref_rejected_logp"], valid, self.beta)
-        with torch.no_grad():  # TRL's DPO logs: rewards are beta * log-ratios against the reference
-            r_chosen = (self.beta * (chosen.double() - batch["ref_chosen_logp"].double()))[valid]
-            r_rejected = (self.beta * (rejected.double() - batch["ref_rejected_logp"].double()))[valid]
-            signals = {"rewards/chosen": r_chosen.mean(), "rewards/rejected": r_rejected.mean(),
-                       "rewards/margins": (r_chosen - r_rejected).mean(),
-                       "rewards/accuracies": (r_chosen > r_rejected).double().mean()}
+        return ref, self._rewards(chosen, rejected, batch, valid)
+
+    @torch.no_grad()
+    def _rewards(self, chosen: torch.Tensor, rejected: torch.Tensor, batch: dict, valid: torch.Tensor) -> dict:
+        """TRL's DPO logs: rewards are beta * log-ratios against the reference."""
+        r_chosen = (self.beta * (chosen.double() - batch["ref_chosen_logp"].double()))[valid]
+        r_rejected = (self.beta * (rejected.double() - batch["ref_rejected_logp"].double()))[valid]
+        return {"rewards/chosen": r_chosen.mean(), "rewards/rejected": r_rejected.mean(),
+                "rewards/margins": (r_chosen - r_rejected).mean(),
+                "rewards/accuracies": (r_chosen > r_rejected).double().mean()}
+
+    def _likelihood(self, logits: torch.Tensor, batch: dict, valid: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """hinge, redi, dpop: on the summed (dpop) or mean token (hinge, redi) log-likelihoods of t and m."""
+        chosen = sequence_logp(logits, batch["input_ids"], batch["target_mask"])
+        rejected = self._logp(batch["neg_input_ids"], batch["neg_attention_mask"], batch["neg_target_mask"])
+        chosen_mean = chosen / target_tokens(batch["target_mask"])
+        rejected_mean = rejected / target_tokens(batch["neg_target_mask"])
+        if self.kind == "hinge":
+            ref = likelihood_hinge_loss(chosen_mean, rejected_mean, valid, self.margin)
+        elif self.kind == "redi":
+            ref = redi_loss(rejected_mean, valid)
+        else:
+            ref = dpop_loss(chosen, rejected, batch["ref_chosen_logp"], batch["ref_rejected_logp"], valid,
+                            self.beta, self.penalty)
+        with torch.no_grad():
+            c, r = chosen_mean.double()[valid], rejected_mean.double()[valid]
+            signals = {"loglik_chosen": c.mean(), "loglik_rejected": r.mean(), "loglik_gap": (c - r).mean()}
+            if self.kind == "hinge":  # the hinge acts where ℓ̄(t) - ℓ̄(m) < δ
+                signals["hinge_active"] = ((c - r) < self.margin).double().mean()
+            if self.kind == "dpop":  # TRL's rewards, and how far log pi(t) is below log pi_ref(t)
+                shortfall = torch.clamp(batch["ref_chosen_logp"].double() - chosen.double(), min=0.0)[valid]
+                signals |= self._rewards(chosen, rejected, batch, valid) | {"dpop_penalty": shortfall.mean()}
         return ref, signals
 
     def _logp(self, ids: torch.Tensor, mask: torch.Tensor, target_mask: torch.Tensor) -> torch.Tensor:

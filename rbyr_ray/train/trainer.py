@@ -33,7 +33,7 @@ from ..placement import wait_actors_dead
 from ..ray_utils import init_ray
 from ..student.models import bf16_native
 from .data import collate, question_batches
-from .objective import SIGNALS, ReflectionObjective
+from .objective import PAIR_KINDS, REFERENCE_KINDS, SIGNALS, ReflectionObjective
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ class TrainResult:
 
 def item_length(item: dict, kind: str) -> int:
     """Tokens an item puts through the forwards of its loss: what length grouping sorts by."""
-    if kind == "ranking":
+    if kind in PAIR_KINDS:
         return len(item["input_ids"]) + len(item["neg_ids"])
     return len(item["input_ids"]) + (len(item["pos_ids"]) + len(item["neg_ids"]) if item["valid"] else 0)
 
@@ -236,13 +236,13 @@ def train_loop(config: dict) -> None:
     rcfg = cfg.reflection
     torch.manual_seed(seed)  # the same fresh LoRA on every worker (DDP also broadcasts rank 0's weights)
     model = build_model(config["init_model"], cfg).to(device)
-    objective = ReflectionObjective(model, rcfg.weight, rcfg.margin, rcfg.pooling, rcfg.kind, rcfg.beta)
+    objective = ReflectionObjective(model, rcfg.weight, rcfg.margin, rcfg.pooling, rcfg.kind, rcfg.beta, rcfg.penalty)
     plan = plan_batches([str(item["id"]) for item in items], cfg, world, seed,
                         [item_length(item, rcfg.kind) for item in items])
     if not plan:
         raise ValueError(f"{len(items)} items make no batch with an item for each of {world} workers")
     tokens = 0
-    if rcfg.kind == "ranking" and rcfg.weight > 0:  # on the starting weights: before wrapping, before any resume
+    if rcfg.kind in REFERENCE_KINDS and rcfg.weight > 0:  # on the starting weights: before wrapping, before any resume
         mine = sorted({i for _, batch in plan for i in batch[rank::world]})
         tokens += reference_logps(objective, items, mine, cfg, config["pad_id"], device, amp)
     wrapped = wrap(objective, cfg, device, world)
@@ -343,6 +343,10 @@ def _signal_text(out: dict, rcfg) -> str:
     if rcfg.kind == "triplet":
         return (f" ref_loss {out['ref_loss'].item():.4f} Δ {float(out['reflection_gap']):+.4f} "
                 f"active {float(out['reflection_active']):.2f}")
+    if rcfg.kind in ("hinge", "redi"):
+        active = f" active {float(out['hinge_active']):.2f}" if rcfg.kind == "hinge" else ""
+        return (f" {rcfg.kind}_loss {out['ref_loss'].item():.4f} ℓ̄(t) {float(out['loglik_chosen']):+.3f} "
+                f"ℓ̄(m) {float(out['loglik_rejected']):+.3f}{active}")
     return (f" rank_loss {out['ref_loss'].item():.4f} rewards/margins {float(out['rewards/margins']):+.4f} "
             f"rewards/accuracies {float(out['rewards/accuracies']):.2f}")
 
@@ -428,8 +432,8 @@ def train_round(train_data_path: str | os.PathLike, init_model: str, out_dir: st
     frame = pd.read_parquet(train_data_path)
     if frame.empty:
         raise ValueError(f"{train_data_path}: no training items")
-    if tcfg.reflection.kind == "ranking" and "has_negative" not in frame.columns:
-        raise ValueError(f"{train_data_path}: built before train.reflection.kind=ranking (no has_negative column: "
+    if tcfg.reflection.kind in PAIR_KINDS and "has_negative" not in frame.columns:
+        raise ValueError(f"{train_data_path}: built before train.reflection.kind={tcfg.reflection.kind} (no has_negative column: "
                          "items without a positive lack their negative); rebuild its train_data stage")
     items = [{k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in row.items()}
              for row in frame.to_dict("records")]
