@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Collection
 from pathlib import Path
 
 import pandas as pd
 
-from .files import broken_stage_outputs, first_broken, read_parquet
 from .summary import reflection_state
 
 log = logging.getLogger(__name__)
@@ -34,12 +32,9 @@ def write_report(run_dir: Path, summary: dict, weak: pd.DataFrame | None = None)
     ax.set(title="test accuracy", xlabel="round", ylim=(0, 1))
     ax.legend(fontsize=8)
     ax = axes[1]
-    # The share of the rationales obtained that were accepted, and rejected for the answer, a false step, talk about
-    # the feedback prompt, or being cut off.
+    # The share of the rationales obtained that were accepted, rejected for the answer, rejected for a false step.
     parts = [("teacher_accepted", "accepted", "tab:green"), ("teacher_rejected_answer", "wrong answer", "tab:red"),
-             ("teacher_rejected_steps", "false step", "tab:orange"),
-             ("teacher_rejected_feedback", "refers to feedback", "tab:purple"),
-             ("teacher_rejected_truncated", "truncated", "tab:gray")]
+             ("teacher_rejected_steps", "false step", "tab:orange")]
     totals = [max(1, sum(r.get(key) or 0 for key, _, _ in parts)) for r in rounds]
     bottom = [0.0] * len(rounds)
     for key, label, color in parts:
@@ -106,9 +101,8 @@ def _say_why_not(ax, rounds: list[dict]) -> None:
         ax.set_xlim(min(ks) - 0.5, max(ks) + 0.5)  # a round with nothing plotted keeps its place
 
 
-def weak_spots(run_dir: Path, skip: Collection[Path] = ()) -> pd.DataFrame:
-    """Accuracy per (tag, value) per round over the evaluation questions (arith steps/ops, SVAMP type, ...);
-    the eval files in `skip` (known broken) left out."""
+def weak_spots(run_dir: Path) -> pd.DataFrame:
+    """Accuracy per (tag, value) per round over the evaluation questions (arith steps/ops, SVAMP type, ...)."""
     from ..tasks import load_task
     from .rundir import load_run_config
 
@@ -117,10 +111,8 @@ def weak_spots(run_dir: Path, skip: Collection[Path] = ()) -> pd.DataFrame:
     tags = {r.id: r.tags for r in task.train + task.test + task.val}
     frames = []
     for path in sorted(run_dir.glob("round_*/eval.parquet")):
-        if path in skip:
-            continue
         k = int(path.parent.name.split("_")[1])
-        rows = read_parquet(path, columns=["id", "correct"])
+        rows = pd.read_parquet(path, columns=["id", "correct"])
         for qid, correct in zip(rows["id"], rows["correct"]):
             for tag, value in tags.get(qid, {}).items():
                 frames.append((k, tag, str(value), bool(correct)))
@@ -142,9 +134,7 @@ def format_weak_spots(weak: pd.DataFrame) -> str:
 
 
 def rebuild(run_dir: Path) -> dict:
-    """Rebuild summary.json, the round table, report.png and weak_spots.csv from a run dir's files. A completed
-    stage's broken output (a truncated or foreign Parquet file, a model folder without weights) is left out,
-    and named at the end as a BrokenFile error with the resume flag that recomputes it."""
+    """Rebuild summary.json, the round table, report.png and weak_spots.csv from a run dir's files."""
     from .rundir import RunDir, load_run_config
     from .summary import build_summary, print_round_table
 
@@ -152,14 +142,11 @@ def rebuild(run_dir: Path) -> dict:
     summary = build_summary(rd)
     rd.write_summary(summary)
     print_round_table(summary)
-    broken = broken_stage_outputs(rd)
-    weak = weak_spots(run_dir, skip={Path(exc.path) for exc in broken if exc.path})
+    weak = weak_spots(run_dir)
     weak.to_csv(run_dir / "weak_spots.csv", index=False)
     print("\nweak spots: test accuracy per question tag and round")
     print(format_weak_spots(weak))
     out = write_report(run_dir, summary, weak)
     print(f"\nwrote {out}")
     log.debug(json.dumps(summary))
-    if broken:
-        raise first_broken(broken, "; the report leaves it out")
     return summary
