@@ -13,7 +13,8 @@ import logging
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from types import UnionType
+from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -58,7 +59,12 @@ class ArithConfig(_Section):
 
 
 class TaskConfig(_Section):
-    name: Literal["arith", "gsm8k", "svamp", "multiarith", "asdiv", "csqa", "strategyqa"] = "arith"
+    # A built-in task by name, or a task file (docs/tasks.md); exactly one of them (name defaults to arith).
+    name: Literal["arith", "gsm8k", "svamp", "multiarith", "asdiv", "csqa", "strategyqa"] | None = None
+    file: str | None = None  # a task file (YAML); a relative path is made absolute against the working folder
+    # Keys of the task file overridden like config keys, same nesting: task.spec.generation.max_new_tokens=64
+    spec: dict[str, Any] = {}
+    allow_hub_download: bool = False  # a task file's `data.hub` source is read only when this is true
     # Where the benchmark files live; None = $RBYR_DATA_DIR, else ../shared/data next to the checkout.
     data_dir: str | None = None
     train_limit: int | None = Field(None, ge=1, description="use only the first N training questions")
@@ -67,6 +73,24 @@ class TaskConfig(_Section):
     val_fraction: float = Field(0.0, ge=0.0, lt=1.0)
     few_shot: int = Field(0, ge=0, description="demonstrations in the student prefix")
     arith: ArithConfig = ArithConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _name_or_file(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        file, name = data.get("file"), data.get("name")
+        if file is not None and name is not None:
+            raise ValueError("give task.name (a built-in task) or task.file (a task file), not both")
+        if file is None:
+            if data.get("spec"):
+                raise ValueError("task.spec overrides keys of a task file: set task.file too")
+            data["name"] = name or "arith"
+        elif isinstance(file, str) and "://" not in file:
+            # Absolute, so that a run resumed from another folder (or the teacher server) reads the same file.
+            data["file"] = str(Path(file).expanduser().absolute())
+        return data
 
 
 class StudentConfig(_Section):
@@ -322,9 +346,9 @@ def _yaml_lines(text: str) -> dict[tuple[str, ...], int]:
     return lines
 
 
-def _section_and_field(path: tuple[str, ...]) -> tuple[type[BaseModel] | None, str]:
+def _section_and_field(path: tuple[str, ...], root: type[BaseModel] | None = None) -> tuple[type[BaseModel] | None, str]:
     """The model class that holds the last key of `path`, and that key (None when the path leaves the schema)."""
-    model: type[BaseModel] | None = ExperimentConfig
+    model: type[BaseModel] | None = root or ExperimentConfig
     for part in path[:-1]:
         field = model.model_fields.get(part) if model else None
         annotation = field.annotation if field else None
@@ -333,11 +357,14 @@ def _section_and_field(path: tuple[str, ...]) -> tuple[type[BaseModel] | None, s
 
 
 def _type_name(annotation: Any) -> str:
+    args = get_args(annotation)
+    if get_origin(annotation) in (Union, UnionType) and type(None) in args:  # Optional[X]: "X or null"
+        return " | ".join(_type_name(a) for a in args if a is not type(None)) + " or null"
     return annotation.__name__ if isinstance(annotation, type) else str(annotation).replace("typing.", "")
 
 
-def _expected(err: dict, path: tuple[str, ...]) -> str:
-    model, key = _section_and_field(path)
+def _expected(err: dict, path: tuple[str, ...], root: type[BaseModel] | None = None) -> str:
+    model, key = _section_and_field(path, root)
     if err.get("type") == "extra_forbidden":
         valid = sorted(model.model_fields) if model else []
         close = difflib.get_close_matches(key, valid, n=1)
@@ -349,9 +376,13 @@ def _expected(err: dict, path: tuple[str, ...]) -> str:
 
 
 def validate_config(data: dict, source: str = "<config>", lines: dict | None = None,
-                    overrides: tuple[str, ...] = ()) -> ExperimentConfig:
+                    overrides: tuple[str, ...] = (), model: type[BaseModel] | None = None,
+                    what: str = "config") -> Any:
+    """`data` validated as `model` (default ExperimentConfig; a task file is another), or a ConfigError naming
+    file:line (or the override) and key of every problem."""
+    root = model or ExperimentConfig
     try:
-        return ExperimentConfig.model_validate(data)
+        return root.model_validate(data)
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
@@ -368,8 +399,8 @@ def validate_config(data: dict, source: str = "<config>", lines: dict | None = N
                 where = f"override {override!r}"
             got = err.get("input")
             got_text = "" if isinstance(got, dict) else f" (got {got!r})"
-            problems.append(f"{where}: {key}: {_expected(err, path)}{got_text}")
-        raise ConfigError("invalid config:\n  " + "\n  ".join(problems)) from None
+            problems.append(f"{where}: {key}: {_expected(err, path, root)}{got_text}")
+        raise ConfigError(f"invalid {what}:\n  " + "\n  ".join(problems)) from None
 
 
 def deep_merge(base: dict, override: dict) -> dict:

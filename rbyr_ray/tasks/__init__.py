@@ -1,7 +1,9 @@
-"""Tasks: the six benchmarks and the synthetic `arith`, one record type, one registry.
+"""Tasks: the six benchmarks and the synthetic `arith`, or a task file (docs/tasks.md); one record type.
 
     from rbyr_ray.tasks import load_task, TASKS
     data = load_task(cfg.task)            # TaskData(train=[Record...], test=[...], val=[...])
+    data.answer_type, data.max_new_tokens # what the stages need, for a built-in task or a task file
+    data.prompts.cot_messages(record)     # the teacher's prompts (taskfile.TaskPrompts)
     TASKS["gsm8k"].max_new_tokens         # 256 (METHOD.md)
 """
 
@@ -59,6 +61,10 @@ def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
 
 
 def _load_raw(cfg: TaskConfig) -> TaskData:
+    if cfg.file is not None:
+        from .taskfile import load_task_file
+
+        return load_task_file(cfg.file, cfg.spec, allow_hub=cfg.allow_hub_download)
     if cfg.name == "arith":
         from .arith import generate
 
@@ -72,10 +78,17 @@ def _load_raw(cfg: TaskConfig) -> TaskData:
 
 def load_task(cfg: TaskConfig, seed: int = 0) -> TaskData:
     """Load a task's splits, carve the validation split from train, then apply the limits."""
-    if cfg.name not in TASKS:
+    if cfg.file is None and cfg.name not in TASKS:
         raise ValueError(f"unknown task {cfg.name!r}; available: {', '.join(TASKS)}")
     data = _load_raw(cfg)
-    train, val = list(data.train), []
+    if cfg.file is None:
+        from .taskfile import TaskPrompts
+
+        spec = TASKS[cfg.name]
+        data = replace(data, max_new_tokens=spec.max_new_tokens, prompts=TaskPrompts(spec.answer_type, task=cfg.name))
+    train, val = list(data.train), list(data.val)
+    if cfg.val_fraction > 0 and val:
+        raise ValueError(f"task.val_fraction: the task file {cfg.file} has its own val split; set it to 0")
     if cfg.val_fraction > 0:
         order = list(range(len(train)))
         random.Random(seed).shuffle(order)
@@ -91,9 +104,11 @@ def load_task(cfg: TaskConfig, seed: int = 0) -> TaskData:
     return replace(data, train=train, test=test, val=val)
 
 
-def gold_rationale(task: str, record: Record) -> str | None:
-    """A rationale built from the dataset's own worked solution (the `reference` teacher), or None."""
-    if task == "arith":
+def gold_rationale(task: str | None, record: Record) -> str | None:
+    """A rationale built from the dataset's own worked solution (the `reference` teacher), or None.
+
+    `task` None (a task file): the record's solution, already cut to its reasoning when it was loaded."""
+    if task == "arith" or task not in TASKS:
         return record.solution
     from .benchmarks import gold_rationale as benchmark_rationale
 

@@ -135,7 +135,9 @@ def extract_answer(answer_type: AnswerType, text: str, choices: tuple[str, ...] 
         return extract_yesno(text)
     if answer_type == "choice":
         return extract_choice(text, choices)
-    raise ValueError(f"unknown answer type {answer_type!r}")
+    from .graders import extract_other  # `text` and user graders (task files)
+
+    return extract_other(answer_type, text)
 
 
 def answers_match(answer_type: AnswerType, predicted: str | None, gold: str) -> bool:
@@ -147,6 +149,10 @@ def answers_match(answer_type: AnswerType, predicted: str | None, gold: str) -> 
             return False
         # Exact for what models write ("0.5" vs "1/2"); the tolerance absorbs golds stored as rounded floats.
         return a == b or abs(float(a) - float(b)) <= 1e-6 * max(1.0, abs(float(b)))
+    if answer_type not in ("yesno", "choice"):
+        from .graders import match_other  # `text` and user graders (task files)
+
+        return match_other(answer_type, predicted, gold)
     return predicted.strip().lower() == str(gold).strip().lower()
 
 

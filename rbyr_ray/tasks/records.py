@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
-AnswerType = Literal["numeric", "yesno", "choice"]
+BuiltinAnswerType = Literal["numeric", "yesno", "choice", "text"]
+# One of the built-in types, or a task file's own grader named "package.module:function" (tasks/graders.py).
+AnswerType = str
 
 
 @dataclass(frozen=True)
@@ -15,8 +17,9 @@ class Record:
 
     `answer` is normalised per answer type: a number as text ("18", "-2.5", "1/3" only when no finite
     decimal is exact; see grading.format_number) for numeric tasks,
-    "yes"/"no" for yes/no tasks, a letter "a".."e" for multiple choice. `solution` is the dataset's own
-    worked solution when it has one (GSM8K steps, an equation, StrategyQA facts), raw.
+    "yes"/"no" for yes/no tasks, a letter "a".."e" for multiple choice, the text as written for `text` and
+    user graders. `solution` is the dataset's own worked solution when it has one (GSM8K steps, an equation,
+    StrategyQA facts), raw for a built-in task; a task file's is cut to its reasoning (tasks/taskfile.py).
     """
 
     id: str
@@ -57,6 +60,11 @@ class TaskData:
     train: list[Record]
     test: list[Record]
     val: list[Record] = field(default_factory=list)
+    # What every stage needs besides the records, so that none looks the task up by name: the exam/eval
+    # generation budget, and the teacher's prompts (taskfile.TaskPrompts; built-in tasks get the defaults).
+    max_new_tokens: int = 256
+    prompts: Any = None
+    source: str | None = None  # the task file, for a task loaded from one
 
     def split(self, name: str) -> list[Record]:
         if name not in ("train", "test", "val"):
