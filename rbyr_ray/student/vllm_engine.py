@@ -96,7 +96,7 @@ class VLLMEngine:
         python = vllm_python()
         if python is None:
             raise VLLMUnavailable("the vllm engine needs `vllm` in this env or .venv-vllm: run "
-                                  "`make setup` or scripts/setup_vllm.sh (or set RBYR_VLLM_PYTHON)")
+                                  "`make setup-vllm` or scripts/setup_vllm.sh (or set RBYR_VLLM_PYTHON)")
         env = dict(os.environ)
         # Ray gives actors OMP_NUM_THREADS=1; the worker should use the replica's CPU share instead.
         env["OMP_NUM_THREADS"] = str(threads or os.cpu_count() or 1)
