@@ -18,6 +18,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("resume", help="continue a run at its first incomplete stage")
     p.add_argument("run_dir")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--recompute", metavar="ROUND_K/STAGE", default=None,
+                   help="compute this completed stage (e.g. round_2/teacher) and every later one again, e.g. after "
+                        "its file broke; teacher answers still come from the ledger")
     p.set_defaults(func=cmd_resume)
 
     p = sub.add_parser("report", help="rebuild a run's table and report.png, with weak spots per question tag")
@@ -39,7 +42,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_resume(args: argparse.Namespace) -> int:
     from .rounds import resume
 
-    summary = resume(args.run_dir)
+    summary = resume(args.run_dir, recompute=args.recompute)
     if args.json:
         print(json.dumps(summary))
     return 0

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Collection
 from pathlib import Path
 
 import pandas as pd
 
+from .files import broken_stage_outputs, first_broken, read_parquet
 from .summary import reflection_state
 
 log = logging.getLogger(__name__)
@@ -101,8 +103,9 @@ def _say_why_not(ax, rounds: list[dict]) -> None:
         ax.set_xlim(min(ks) - 0.5, max(ks) + 0.5)  # a round with nothing plotted keeps its place
 
 
-def weak_spots(run_dir: Path) -> pd.DataFrame:
-    """Accuracy per (tag, value) per round over the evaluation questions (arith steps/ops, SVAMP type, ...)."""
+def weak_spots(run_dir: Path, skip: Collection[Path] = ()) -> pd.DataFrame:
+    """Accuracy per (tag, value) per round over the evaluation questions (arith steps/ops, SVAMP type, ...);
+    the eval files in `skip` (known broken) left out."""
     from ..tasks import load_task
     from .rundir import load_run_config
 
@@ -111,8 +114,10 @@ def weak_spots(run_dir: Path) -> pd.DataFrame:
     tags = {r.id: r.tags for r in task.train + task.test + task.val}
     frames = []
     for path in sorted(run_dir.glob("round_*/eval.parquet")):
+        if path in skip:
+            continue
         k = int(path.parent.name.split("_")[1])
-        rows = pd.read_parquet(path, columns=["id", "correct"])
+        rows = read_parquet(path, columns=["id", "correct"])
         for qid, correct in zip(rows["id"], rows["correct"]):
             for tag, value in tags.get(qid, {}).items():
                 frames.append((k, tag, str(value), bool(correct)))
@@ -134,7 +139,9 @@ def format_weak_spots(weak: pd.DataFrame) -> str:
 
 
 def rebuild(run_dir: Path) -> dict:
-    """Rebuild summary.json, the round table, report.png and weak_spots.csv from a run dir's files."""
+    """Rebuild summary.json, the round table, report.png and weak_spots.csv from a run dir's files. A completed
+    stage's broken output (a truncated or foreign Parquet file, a model folder without weights) is left out,
+    and named at the end as a BrokenFile error with the resume flag that recomputes it."""
     from .rundir import RunDir, load_run_config
     from .summary import build_summary, print_round_table
 
@@ -142,11 +149,14 @@ def rebuild(run_dir: Path) -> dict:
     summary = build_summary(rd)
     rd.write_summary(summary)
     print_round_table(summary)
-    weak = weak_spots(run_dir)
+    broken = broken_stage_outputs(rd)
+    weak = weak_spots(run_dir, skip={Path(exc.path) for exc in broken if exc.path})
     weak.to_csv(run_dir / "weak_spots.csv", index=False)
     print("\nweak spots: test accuracy per question tag and round")
     print(format_weak_spots(weak))
     out = write_report(run_dir, summary, weak)
     print(f"\nwrote {out}")
     log.debug(json.dumps(summary))
+    if broken:
+        raise first_broken(broken, "; the report is written from the other files")
     return summary

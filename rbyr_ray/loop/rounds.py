@@ -23,6 +23,7 @@ import pandas as pd
 from ..config import ExperimentConfig, load_config, round_train
 from ..ray_utils import init_ray
 from ..tasks import TASKS, Record, load_task
+from .files import check_stage_outputs, read_parquet
 from .rundir import RunDir, load_run_config
 from .summary import build_summary, print_round_table
 from .tracking import Tracker
@@ -31,16 +32,22 @@ log = logging.getLogger(__name__)
 
 
 def run(config: ExperimentConfig | str | Path, run_dir: str | Path | None = None,
-        on_round: Callable[[dict], None] | None = None) -> dict:
+        on_round: Callable[[dict], None] | None = None, recompute: str | None = None) -> dict:
     """Run (or continue) a multi-round experiment; returns the summary written to summary.json.
 
     `on_round(row)` is called after every evaluated round (rounds already done included, on a resume) with
-    that round's summary row; Ray Tune trials report through it.
+    that round's summary row; Ray Tune trials report through it. `recompute` ("round_2/teacher") drops that
+    completed stage and every later one first, so they run again. A completed stage whose output is broken
+    (a truncated or foreign Parquet file, a model folder without weights) stops the run before anything runs,
+    naming the file and that flag.
     """
     cfg = config if isinstance(config, ExperimentConfig) else load_config(config)
     run_dir = Path(run_dir or cfg.run_dir or f"runs/{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}")
     rd = RunDir.create_or_resume(run_dir, cfg)
     log.info("run dir: %s", rd.path)
+    if recompute:
+        log.info("recomputing %s", ", ".join(rd.forget(recompute)))
+    check_stage_outputs(rd)
     init_ray(cfg.ray)
     tracker = Tracker(cfg, rd.path)
     try:
@@ -55,9 +62,10 @@ def run(config: ExperimentConfig | str | Path, run_dir: str | Path | None = None
     return summary
 
 
-def resume(run_dir: str | Path) -> dict:
-    """Continue a run from its own resolved config at the first incomplete stage."""
-    return run(load_run_config(run_dir), run_dir=run_dir)
+def resume(run_dir: str | Path, recompute: str | None = None) -> dict:
+    """Continue a run from its own resolved config at the first incomplete stage (after dropping `recompute`
+    and the stages after it, see run)."""
+    return run(load_run_config(run_dir), run_dir=run_dir, recompute=recompute)
 
 
 def _rounds(cfg: ExperimentConfig, rd: RunDir, tracker: Tracker, on_round: Callable[[dict], None] | None) -> None:
@@ -124,7 +132,7 @@ def read_mistakes(rd: RunDir, exam_round: int, max_negatives: int, mode: str = "
     path = rd.path / f"round_{exam_round}" / "exam.parquet"
     if not path.exists():
         return {}
-    rows = pd.read_parquet(path)
+    rows = read_parquet(path)
     wrong = rows[mistake_mask(rows, mode) & rows["error"].isna()]
     mistakes: dict[str, list[str]] = {}
     for qid, rationale in zip(wrong["id"], wrong["rationale"]):
@@ -166,6 +174,7 @@ class _StageRunner:
             wrong = rows[mistake_mask(rows, self.cfg.exam.mistakes)]
             # Right answers reached by a false step: mistakes under exam.mistakes=steps, counted either way.
             right_by_false_step = rows["correct"].astype(bool) & (rows["false_steps"].fillna("").str.len() > 0)
+            _warn_failed_rows(k, "exam", rows)
             return {"exam_accuracy": result.sample_accuracy, "questions": int(rows["id"].nunique()),
                     "mistake_questions": int(wrong["id"].nunique()), "failed_rows": int(rows["error"].notna().sum()),
                     "false_step_samples": int(right_by_false_step.sum()), "tokens_per_s": result.tokens_per_s}
@@ -178,7 +187,10 @@ class _StageRunner:
             result = run_exam(questions, model, self.cfg, answer_type=answer_type, samples=1, greedy=True,
                               max_new_tokens=self.cfg.eval.max_new_tokens or TASKS[self.cfg.task.name].max_new_tokens,
                               out_path=self.rd.round_dir(k) / "eval.parquet", seed=self.cfg.seed)
-            return {"accuracy": result.accuracy, "questions": len(questions), "tokens_per_s": result.tokens_per_s}
+            _warn_failed_rows(k, "eval", result.rows)
+            # Failed rows (an engine error, a prompt too long) count as wrong answers: said, and counted here.
+            return {"accuracy": result.accuracy, "questions": len(questions), "failed_rows": result.n_failed,
+                    "tokens_per_s": result.tokens_per_s}
         return self._run(k, "eval", go)
 
     def teacher(self, k: int, questions: list[Record], mistakes: dict | None, answer_type: str, model: str) -> dict:
@@ -223,8 +235,8 @@ class _StageRunner:
 
     def _teacher_rows(self, k: int) -> pd.DataFrame:
         """Accepted teacher rationales of this round, plus earlier rounds' (all, or `replay` of them)."""
-        current = pd.read_parquet(self.rd.round_dir(k) / "teacher.parquet").assign(round=k)
-        earlier = [pd.read_parquet(p).assign(round=j) for j in range(1, k)
+        current = read_parquet(self.rd.round_dir(k) / "teacher.parquet").assign(round=k)
+        earlier = [read_parquet(p).assign(round=j) for j in range(1, k)
                    if (p := self.rd.path / f"round_{j}" / "teacher.parquet").exists()]
         rows = current
         if earlier and (self.cfg.train.all_rounds_data or self.cfg.train.replay):
@@ -271,6 +283,14 @@ def teacher_endpoint(cfg: ExperimentConfig, student_model: str):
     extra = ["--model-path", student_model] if backend == "student" else []
     with LocalTeacherServer(backend, cfg.task, cfg.teacher, seed=cfg.seed, extra_args=extra) as base_url:
         yield base_url
+
+
+def _warn_failed_rows(k: int, stage: str, rows: pd.DataFrame) -> None:
+    """One warning line when rows of an exam or evaluation failed (they count as wrong), with the commonest error."""
+    errors = rows["error"].dropna().astype(str)
+    if len(errors):
+        log.warning("round %d %s: %d of %d rows failed and count as wrong (e.g. %s)", k, stage, len(errors), len(rows),
+                    errors.value_counts().index[0][:200])
 
 
 def _short(metrics: dict) -> str:

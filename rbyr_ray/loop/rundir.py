@@ -23,6 +23,7 @@ from pathlib import Path
 import yaml
 
 from ..config import ConfigError, ExperimentConfig, validate_config
+from ..errors import BrokenFile
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -51,7 +52,7 @@ class RunDir:
         if not existing.exists():
             _atomic_write(existing, cfg.to_yaml())
         manifest_path = path / "manifest.json"
-        manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {"stages": {}}
+        manifest = read_manifest(manifest_path) if manifest_path.exists() else {"stages": {}}
         return cls(path, manifest)
 
     def round_dir(self, k: int) -> Path:
@@ -91,6 +92,27 @@ class RunDir:
             entry["adopted_from"] = str(src.path)
             self._store(entry)
 
+    def forget(self, stage_key: str) -> list[str]:
+        """Drop a completed stage ("round_2/teacher") and every later one (loop order) from the manifest, so that
+        the run computes them again (`rbyr-ray resume D --recompute round_2/teacher`); returns the dropped keys.
+        Their files are overwritten when recomputed; the Ray Train checkpoints of a dropped training go now, or
+        the new training would resume from them. Teacher answers stay in the ledger."""
+        stages = self.manifest["stages"]
+        if stage_key not in stages:
+            done = ", ".join(sorted(stages, key=lambda key: stage_order(stages[key])))
+            raise ValueError(f"--recompute {stage_key}: not a completed stage of {self.path} "
+                             f"(completed: {done or 'none'})")
+        start = stage_order(stages[stage_key])
+        dropped = sorted((key for key, e in stages.items() if stage_order(e) >= start),
+                         key=lambda key: stage_order(stages[key]))
+        for key in dropped:
+            del stages[key]
+        for folder in self.path.glob("round_*/ray_train"):
+            if stage_order({"round": int(folder.parent.name.removeprefix("round_")), "stage": "train"}) >= start:
+                shutil.rmtree(folder)
+        _atomic_write(self.path / "manifest.json", json.dumps(self.manifest, indent=1))
+        return dropped
+
     def rounds(self) -> list[int]:
         return sorted({e["round"] for e in self.manifest["stages"].values()})
 
@@ -101,6 +123,24 @@ class RunDir:
 # The files each stage writes into round_<k>/ (what another run needs to take the stage over).
 STAGE_FILES = {"exam": ["exam.parquet"], "teacher": ["teacher.parquet"], "train_data": ["train_data.parquet"],
                "train": ["model"], "eval": ["eval.parquet"]}
+
+
+def stage_order(entry: dict) -> tuple[int, int]:
+    """Loop order of a manifest entry: by round, then exam, teacher, train_data, train, eval."""
+    return entry["round"], list(STAGE_FILES).index(entry["stage"])
+
+
+def read_manifest(path: Path) -> dict:
+    """manifest.json, or one line naming it when it cannot be read (BrokenFile)."""
+    try:
+        manifest = json.loads(path.read_text())
+        problem = None if isinstance(manifest, dict) and isinstance(manifest.get("stages"), dict) else "no stages"
+    except (OSError, ValueError) as exc:  # JSON and encoding errors are ValueErrors
+        problem = " ".join(str(exc).split())[:200]
+    if problem:
+        raise BrokenFile(f"{path}: unreadable manifest ({problem}); move it aside and `rbyr-ray resume "
+                         f"{path.parent}` computes every stage again (teacher answers come from the ledger)")
+    return manifest
 
 
 def _link_or_copy(source, target) -> None:

@@ -21,6 +21,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from ..errors import BrokenFile
+
 log = logging.getLogger(__name__)
 
 # Embedded students: name -> (python package, file inside it).
@@ -114,6 +116,28 @@ def adapter_base(path: str | os.PathLike) -> str:
     return json.loads((Path(path) / "adapter_config.json").read_text())["base_model_name_or_path"]
 
 
+# What holds a folder's weights: a full model's (sharded or not) or an adapter's.
+WEIGHT_FILES = ("*.safetensors", "*.bin")
+
+
+def weights_problem(path: str | os.PathLike) -> str | None:
+    """Why a model folder cannot be loaded for want of weights, or None when it holds some."""
+    folder = Path(path)
+    if not folder.is_dir():
+        return "no such model folder"
+    if not any(next(folder.glob(pattern), None) for pattern in WEIGHT_FILES):
+        return f"model folder without weights (no {' or '.join(WEIGHT_FILES)} file; an interrupted export or copy?)"
+    return None
+
+
+def check_weights(path: str | os.PathLike) -> None:
+    """One line naming a model folder that has no weights (a BrokenFile), instead of an error from deep inside
+    a loader, or from inside a Ray actor, later on."""
+    problem = weights_problem(path)
+    if problem:
+        raise BrokenFile(f"{path}: {problem}")
+
+
 def resolve_model_dir(name: str, cache_dir: str | os.PathLike | None = None, allow_hub: bool = False,
                       dtype: str = "bfloat16") -> str:
     """A path (or, with allow_hub, a hub id) that `from_pretrained` and vLLM can load."""
@@ -126,6 +150,7 @@ def resolve_model_dir(name: str, cache_dir: str | os.PathLike | None = None, all
         return str(convert_gguf(path, cache_dir, dtype))
     if path.is_dir():
         if (path / "config.json").is_file() or is_adapter_dir(path):
+            check_weights(path)
             return str(path)
         raise FileNotFoundError(f"student model {name!r}: folder has neither config.json nor adapter_config.json")
     if allow_hub:  # the hub path: only where a cluster has a hub (student.allow_hub_download=true)

@@ -114,6 +114,7 @@ def cmd_annotate(args: argparse.Namespace) -> int:
     from ..config import load_config
     from ..ray_utils import init_ray
     from ..tasks import TASKS, load_task
+    from .ledger import check_ledger
     from .stage import annotate
 
     overrides = [f"task.name={args.task}", *args.overrides]
@@ -130,6 +131,7 @@ def cmd_annotate(args: argparse.Namespace) -> int:
     if args.limit:
         records = records[: args.limit]
     ledger = args.ledger or cfg.teacher.ledger or "teacher_ledger.sqlite"
+    check_ledger(ledger)  # a broken or locked ledger: one line, before Ray starts
     if args.json:
         from ray.data import DataContext
 

@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..errors import BrokenFile
+
 if TYPE_CHECKING:  # typing.Self is 3.11+; annotations are not evaluated at run time
     from typing import Self
 
@@ -150,6 +152,26 @@ def _owner_dead(owner: str) -> bool:
     return False
 
 
+class LedgerError(BrokenFile):
+    """The ledger file cannot be used: not SQLite, damaged, or locked by another writer past the busy timeout."""
+
+
+def _ledger_error(path: Path, exc: sqlite3.Error, waited_s: float) -> LedgerError:
+    what = " ".join(str(exc).split())
+    if "locked" in what or "busy" in what:
+        return LedgerError(f"{path}: the teacher ledger is locked by another writer (waited {waited_s:.1f} s: {what}); "
+                           "let that process finish or stop it, or point --ledger / teacher.ledger at another file")
+    return LedgerError(f"{path}: not a usable teacher ledger ({what}); move it aside or point --ledger / "
+                       "teacher.ledger at another file (a new ledger asks the teacher again)")
+
+
+def check_ledger(path: str | os.PathLike, busy_timeout_s: float = 10.0) -> None:
+    """Open the ledger and take its write lock once, so that a broken or locked file is one line on the driver
+    (LedgerError) rather than a traceback from inside a Ray actor. Creates the file when there is none."""
+    with Ledger(path, busy_timeout_s) as ledger:
+        ledger._write(lambda db: None)
+
+
 class Ledger:
     """SQLite ledger shared by every process of a run (WAL; each process opens its own connection).
 
@@ -162,26 +184,38 @@ class Ledger:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.busy_timeout_s = busy_timeout_s
         # isolation_level=None: we issue BEGIN IMMEDIATE ourselves, so a writer takes the lock up front.
-        self._db = sqlite3.connect(str(self.path), timeout=busy_timeout_s, isolation_level=None,
-                                   check_same_thread=False)
-        self._retry(lambda: self._db.execute("PRAGMA journal_mode=WAL"))
-        self._db.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
-        self._db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable against process crashes
-        self._retry(lambda: self._db.executescript(_SCHEMA))
+        try:
+            self._db = sqlite3.connect(str(self.path), timeout=busy_timeout_s, isolation_level=None,
+                                       check_same_thread=False)
+        except sqlite3.Error as exc:  # e.g. a folder where the file should be
+            raise _ledger_error(self.path, exc, 0) from None
+        try:
+            self._retry(lambda: self._db.execute("PRAGMA journal_mode=WAL"))
+            self._retry(lambda: self._db.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}"))
+            self._retry(lambda: self._db.execute("PRAGMA synchronous=NORMAL"))  # WAL + NORMAL: durable against crashes
+            self._retry(lambda: self._db.executescript(_SCHEMA))
+        except BaseException:
+            self._db.close()
+            raise
 
     # ----------------------------------------------------------------------------------- plumbing
 
     def _retry(self, fn):
-        deadline = time.monotonic() + self.busy_timeout_s
+        """fn(), retried while another writer holds the lock; any SQLite error at the end is a LedgerError that
+        names the file (not SQLite, damaged, or still locked after the busy timeout)."""
+        start = time.monotonic()
         delay = 0.01
         while True:
             try:
                 return fn()
             except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) and "busy" not in str(exc) or time.monotonic() > deadline:
-                    raise
+                locked = "locked" in str(exc) or "busy" in str(exc)
+                if not locked or time.monotonic() > start + self.busy_timeout_s:
+                    raise _ledger_error(self.path, exc, time.monotonic() - start) from None
                 time.sleep(delay)
                 delay = min(delay * 2, 0.5)
+            except sqlite3.DatabaseError as exc:  # "file is not a database", "database disk image is malformed"
+                raise _ledger_error(self.path, exc, time.monotonic() - start) from None
 
     def _write(self, fn):
         """Run fn(cursor) inside BEGIN IMMEDIATE ... COMMIT, retrying when another writer holds the lock."""

@@ -239,6 +239,8 @@ def no_rationale_reason(result: TeacherResult, cfg: TeacherConfig) -> str | None
               f"({len(errors)} samples; e.g. {common[:200]})")
     if common.startswith(("http 401", "http 403")):
         reason += f"; {_key_hint(cfg)}"
+    elif cfg.api_key_env and not os.environ.get(cfg.api_key_env):
+        reason += f" (${cfg.api_key_env} is not set)"  # perhaps not the cause, but the first thing to rule out
     return reason
 
 
@@ -285,6 +287,9 @@ def annotate(records: Sequence[Record], cfg: TeacherConfig, *, answer_type: str,
     if not base_url:
         raise ValueError("no teacher base_url: pass base_url or set teacher.base_url")
     _check_key(cfg)
+    from .ledger import check_ledger
+
+    check_ledger(ledger_path)  # a broken or locked ledger: one line here, not a traceback from every actor
     start = time.monotonic()
     requests = build_requests(records, cfg, answer_type, mistakes, seed, task=task)
     rows = pd.DataFrame(columns=ROW_COLUMNS)
