@@ -100,6 +100,19 @@ def quiet_data_progress_in_logs() -> bool:
     return True
 
 
+def log_summary_at_exit(path: str, logger: logging.Logger) -> None:
+    """At the driver's exit: the summary line if anything was filtered, else the empty file goes."""
+    line = summary(path)
+    if line:
+        logger.info(line)
+        return
+    try:
+        if os.path.getsize(path) == 0:
+            os.remove(path)
+    except OSError:
+        pass
+
+
 def summary(path: str | None = None) -> str | None:
     """One line saying how many lines were filtered and of which kind, or None when nothing was."""
     path = path or os.environ.get(FILE_ENV)

@@ -112,3 +112,18 @@ def test_ray_datas_progress_blocks_are_off_in_a_log_file_and_on_in_a_terminal(mo
         assert ray_logs.quiet_data_progress_in_logs() is True and not ctx.enable_progress_bars
     finally:
         ctx.enable_progress_bars = before
+
+
+def test_at_exit_the_summary_is_logged_once_and_an_empty_file_goes(tmp_path, caplog):
+    logger = logging.getLogger("rbyr_ray.ray_utils")
+    empty = tmp_path / "empty.log"
+    empty.write_text("")
+    with caplog.at_level(logging.INFO, logger="rbyr_ray.ray_utils"):
+        ray_logs.log_summary_at_exit(str(empty), logger)
+    assert not empty.exists() and not caplog.messages  # nothing filtered: no line, no file left behind
+    kept = tmp_path / "kept.log"
+    kept.write_text("12:00:00 pid=1 [PlacementGroupCleaner state-API polling] Failed to query ...\n" * 2)
+    with caplog.at_level(logging.INFO, logger="rbyr_ray.ray_utils"):
+        ray_logs.log_summary_at_exit(str(kept), logger)
+    line = f"2 Ray-internal log lines were filtered (PlacementGroupCleaner state-API polling); kept in {kept}"
+    assert caplog.messages == [line] and kept.exists()
