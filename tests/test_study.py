@@ -19,7 +19,7 @@ import yaml
 from rbyr_ray.config import ConfigError, load_config
 from rbyr_ray.loop.fork import fork_run, shareable_stages
 from rbyr_ray.loop.rundir import RunDir, load_run_config
-from rbyr_ray.study.results import aggregate, plot, to_markdown
+from rbyr_ray.study.results import aggregate, collect, holm, mcnemar_exact, per_question, plot, to_markdown
 from rbyr_ray.study.study import StudySpec, load_study
 
 REPO = Path(__file__).resolve().parents[1]
@@ -267,3 +267,70 @@ def test_tiny_study_end_to_end(tmp_path: Path):
     results = (tmp_path / "out/results.md").read_text()
     assert "| full | 1 |" in results and "| std-cot | 1 |" in results
     assert (tmp_path / "out/results.png").stat().st_size > 1000
+
+
+# ------------------------------------------------------------------------------ paired by question (issue 21)
+
+
+def _correct(right: set[int], n: int = 40) -> dict[str, bool]:
+    return {f"q{i}": i in right for i in range(n)}
+
+
+def test_mcnemar_on_pooled_question_seed_pairs_has_the_known_answer(tmp_path: Path):
+    """5 seeds x 40 questions. Per seed a is right on q0-q19; b on q1-q23: b alone on 4 questions, a alone on 1.
+    Pooled: 20 pairs only b got right, 5 only a. Exact McNemar: 2 * P(X <= 5), X ~ Binomial(25, 1/2)
+    = 2 * (1 + 25 + 300 + 2300 + 12650 + 53130) / 2**25."""
+    seeds = [0, 1, 2, 3, 4]
+    spec = StudySpec(name="s", out=str(tmp_path), seeds=seeds, presets={"a": "x.yaml", "b": "y.yaml"})
+    a_right, b_right = set(range(20)), set(range(1, 24))
+    runs = {"a": {s: _summary(0.05, [0.5], 1) | {"final_correct": _correct(a_right)} for s in seeds},
+            "b": {s: _summary(0.05, [0.575], 1) | {"final_correct": _correct(b_right)} for s in seeds}}
+    (gap,) = aggregate(spec, runs)["gaps"]
+    assert (gap["pairs"], gap["questions"], gap["b_only"], gap["a_only"]) == (200, 40, 20, 5)
+    assert gap["mcnemar_p"] == pytest.approx(2 * 68406 / 2**25, rel=1e-12)  # 0.00408
+    assert gap["mcnemar_p_holm"] == gap["mcnemar_p"]  # one comparison
+    assert gap["pooled_gap"] == pytest.approx(15 / 200)
+    # The seed t-test cannot see it (every seed has the same gap: std 0), the pooled pairs can.
+    assert gap["mean"] == pytest.approx(0.075) and gap["std"] == pytest.approx(0.0, abs=1e-12)
+    # The bootstrap over questions counts 40 questions, not 200 pairs: its interval holds the gap and is wide.
+    low, high = gap["bootstrap_ci"]
+    assert low < 0.075 < high and high - low > 0.1
+    assert per_question({s: _correct(a_right) for s in seeds}, {s: _correct(b_right) for s in seeds}) == {
+        k: gap[k] for k in ("pairs", "questions", "b_only", "a_only", "mcnemar_p", "pooled_gap", "bootstrap_ci")}
+    text = to_markdown(spec, aggregate(spec, runs))
+    assert "1 comparison (every pair of presets)" in text
+    assert "| a | b | 200 (40) | 20 | 5 | +7.5 |" in text
+
+
+def test_identical_runs_and_a_clear_gain_over_400_questions():
+    seeds = range(5)
+    same = per_question({s: _correct({1, 2, 3}, 400) for s in seeds}, {s: _correct({1, 2, 3}, 400) for s in seeds})
+    assert (same["b_only"], same["a_only"], same["mcnemar_p"], same["bootstrap_ci"]) == (0, 0, 1.0, (0.0, 0.0))
+    # b right on 40 more of 400 questions in every seed, a on 4 more: both tests put it outside noise.
+    a = {s: _correct(set(range(100)) | set(range(140, 144)), 400) for s in seeds}
+    b = {s: _correct(set(range(140)), 400) for s in seeds}
+    gain = per_question(a, b)
+    assert (gain["b_only"], gain["a_only"]) == (200, 20) and gain["mcnemar_p"] < 1e-30
+    assert 0.0 < gain["bootstrap_ci"][0] < 0.09 < gain["bootstrap_ci"][1]
+
+
+def test_holm_adjusts_for_every_comparison_made():
+    gaps = [{"mcnemar_p": p} for p in (0.04, 0.01, 0.03)]
+    holm(gaps)
+    # sorted 0.01, 0.03, 0.04 -> 3 * 0.01, max(0.03, 2 * 0.03), max(0.06, 1 * 0.04)
+    assert [g["mcnemar_p_holm"] for g in gaps] == pytest.approx([0.06, 0.03, 0.06])
+    assert mcnemar_exact(0, 0) == 1.0 and mcnemar_exact(3, 3) == 1.0
+    assert mcnemar_exact(6, 0) == pytest.approx(2 / 64)
+
+
+def test_collect_reads_each_runs_final_round_per_question(tmp_path: Path):
+    import pandas as pd
+
+    spec = StudySpec(name="s", out=str(tmp_path), seeds=[0], presets={"a": "x.yaml"})
+    run_dir = spec.run_dir("a", 0)
+    for k, right in [(1, [True, False]), (2, [False, True])]:
+        (run_dir / f"round_{k}").mkdir(parents=True)
+        pd.DataFrame({"id": ["q0", "q1"], "correct": right}).to_parquet(run_dir / f"round_{k}" / "eval.parquet")
+    (run_dir / "manifest.json").write_text(json.dumps({"stages": {}}))
+    (run_dir / "summary.json").write_text(json.dumps(_summary(0.0, [0.5, 0.5], 0)))
+    assert collect(spec)["a"][0]["final_correct"] == {"q0": False, "q1": True}  # round 2, the last evaluated

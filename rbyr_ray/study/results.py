@@ -1,12 +1,18 @@
 """A study's results from its run dirs' summaries: per-preset accuracy per round (mean ± std over seeds),
 paired gaps between presets, budgets (training tokens, teacher requests, wall time), a plot and a markdown
 report. Everything is rebuilt from the run dirs, so `rbyr-ray study CONFIG --report` redraws a finished study.
+
+Gaps are paired twice: by seed (a paired t-test over the seeds' final accuracies) and by question (every run of a
+study evaluates the same test questions): McNemar's exact test on the pooled question × seed pairs, and a
+paired bootstrap over questions (each question keeps all its seeds) for a 95% interval of the gap. Every pair of
+presets is one comparison; the report says how many were made and gives Holm's adjusted McNemar p.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import random
 import statistics
 from pathlib import Path
 
@@ -26,8 +32,20 @@ def _run_tokens(run_dir: Path) -> int:
     return sum(int(e["metrics"].get("tokens", 0)) for e in manifest["stages"].values() if e["stage"] == "train")
 
 
+def final_correct(run_dir: Path, summary: dict) -> dict[str, bool]:
+    """Question id -> right or wrong in the run's last evaluated round (its eval.parquet); {} without one."""
+    import pandas as pd
+
+    done = [r["round"] for r in summary["rounds"] if r["round"] >= 1 and r.get("test_accuracy") is not None]
+    path = run_dir / f"round_{max(done)}" / "eval.parquet" if done else None
+    if path is None or not path.exists():
+        return {}
+    rows = pd.read_parquet(path, columns=["id", "correct"])
+    return {str(q): bool(c) for q, c in zip(rows["id"], rows["correct"])}
+
+
 def collect(spec: StudySpec) -> dict:
-    """{preset: {seed: summary + train_tokens}} for every run dir with a summary."""
+    """{preset: {seed: summary + train_tokens + final_correct}} for every run dir with a summary."""
     runs: dict[str, dict[int, dict]] = {}
     for preset in spec.presets:
         for seed in spec.seeds:
@@ -35,6 +53,7 @@ def collect(spec: StudySpec) -> dict:
             if path.exists():
                 summary = json.loads(path.read_text())
                 summary["train_tokens"] = _run_tokens(path.parent)
+                summary["final_correct"] = final_correct(path.parent, summary)
                 runs.setdefault(preset, {})[seed] = summary
     return runs
 
@@ -46,6 +65,8 @@ def _accuracy(summary: dict, k: int) -> float | None:
 # The reflection loss's learning signal per round (summary.json fields): the triplet's Δ and active hinges,
 # ranking's rewards/margins and rewards/accuracies.
 _SIGNALS = ["reflection_loss", "reflection_gap", "reflection_active", "rewards/margins", "rewards/accuracies"]
+# hinge, redi, dpop: the mean token log-likelihoods ℓ̄(t), ℓ̄(m), their gap, the active hinges, dpop's penalty term.
+_LIKELIHOOD_SIGNALS = ["loglik_chosen", "loglik_rejected", "loglik_gap", "hinge_active", "dpop_penalty"]
 
 
 def _signals(by_seed: dict, k: int) -> dict:
@@ -55,7 +76,7 @@ def _signals(by_seed: dict, k: int) -> dict:
     rows = [r for s in by_seed.values() for r in s["rounds"] if r["round"] == k]
     states = {reflection_state(r) for r in rows} - {None}
     out: dict = {"state": states.pop() if len(states) == 1 else None}
-    for key in _SIGNALS:
+    for key in _SIGNALS + _LIKELIHOOD_SIGNALS:
         values = [r[key] for r in rows if r.get(key) is not None]
         if values:
             out[key] = _mean_std(values)
@@ -77,6 +98,7 @@ def aggregate(spec: StudySpec, runs: dict) -> dict:
                     for s in by_seed.values()]
         presets[preset] = {
             "per_round": per_round, "final": finals,
+            "final_correct": {seed: s["final_correct"] for seed, s in by_seed.items() if s.get("final_correct")},
             "signals": {k: _signals(by_seed, k) for k in range(1, max_round + 1)},
             "final_mean_std": _mean_std(list(finals.values())) if finals else None,
             "train_tokens": _mean_std([s["train_tokens"] for s in by_seed.values()]),
@@ -102,8 +124,53 @@ def _paired_gaps(presets: dict) -> list[dict]:
             t = mean / (std / math.sqrt(n)) if n > 1 and std > 0 else (math.inf if mean else 0.0)
             critical = _T95.get(n - 1, 1.96) if n > 1 else math.inf
             gaps.append({"a": a, "b": b, "n": n, "mean": mean, "std": std, "t": t, "critical": critical,
-                         "outside_noise": n > 1 and abs(t) > critical})
+                         "outside_noise": n > 1 and abs(t) > critical,
+                         **per_question(presets[a].get("final_correct", {}), presets[b].get("final_correct", {}))})
+    holm([g for g in gaps if g.get("mcnemar_p") is not None])
     return gaps
+
+
+def mcnemar_exact(b_only: int, a_only: int) -> float:
+    """Two-sided exact McNemar p: of the discordant pairs, how unlikely a split at least this uneven is when
+    either preset is as likely to be the one that is right (Binomial(n, 1/2))."""
+    n, k = b_only + a_only, min(b_only, a_only)
+    if n == 0:
+        return 1.0
+    return min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n)  # exact integers, one rounding
+
+
+def per_question(a: dict[int, dict[str, bool]], b: dict[int, dict[str, bool]], resamples: int = 4000,
+                 seed: int = 0) -> dict:
+    """The gap b − a paired by question: McNemar on the pooled (seed, question) pairs both runs evaluated, and a
+    95% percentile interval of the mean gap from a paired bootstrap over questions (a drawn question brings all
+    its seeds, so the seeds' shared questions are not counted as independent). {} without per-question results."""
+    pairs = [(s, q) for s in sorted(set(a) & set(b)) for q in sorted(set(a[s]) & set(b[s]))]
+    if not pairs:
+        return {}
+    b_only = sum(b[s][q] and not a[s][q] for s, q in pairs)
+    a_only = sum(a[s][q] and not b[s][q] for s, q in pairs)
+    by_question: dict[str, list[int]] = {}
+    for s, q in pairs:
+        by_question.setdefault(q, []).append(int(b[s][q]) - int(a[s][q]))
+    sums = [(sum(d), len(d)) for d in by_question.values()]
+    rng = random.Random(seed)
+    means = []
+    for _ in range(resamples):
+        draw = [sums[rng.randrange(len(sums))] for _ in sums]
+        means.append(sum(t for t, _ in draw) / sum(n for _, n in draw))
+    means.sort()
+    return {"pairs": len(pairs), "questions": len(by_question), "b_only": b_only, "a_only": a_only,
+            "mcnemar_p": mcnemar_exact(b_only, a_only), "pooled_gap": (b_only - a_only) / len(pairs),
+            "bootstrap_ci": (means[int(0.025 * resamples)], means[int(0.975 * resamples) - 1])}
+
+
+def holm(gaps: list[dict]) -> None:
+    """Holm's step-down adjustment of the McNemar p over all the comparisons made (sets `mcnemar_p_holm`)."""
+    order = sorted(range(len(gaps)), key=lambda i: gaps[i]["mcnemar_p"])
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(gaps) - rank) * gaps[i]["mcnemar_p"]))
+        gaps[i]["mcnemar_p_holm"] = running
 
 
 def _pm(ms: tuple[float, float] | None, scale: float = 100.0, digits: int = 1) -> str:
@@ -144,6 +211,17 @@ def to_markdown(spec: StudySpec, agg: dict, study_wall_s: float | None = None) -
                 continue
             cells = [_pm(sig.get(key), scale=1.0, digits=3) for key in _SIGNALS]
             lines.append(f"| {name} | {k} | " + " | ".join(cells) + " |")
+    likelihood_rows = [(name, k, sig) for name, p in presets.items() for k, sig in p.get("signals", {}).items()
+                       if any(key in sig for key in _LIKELIHOOD_SIGNALS)]
+    if likelihood_rows:
+        lines += ["", ("hinge, redi, dpop: mean token log-likelihoods (nats per token) of the teacher's rationale "
+                       "ℓ̄(t) and of the student's mistake ℓ̄(m), their gap, the fraction of active hinges "
+                       "(ℓ̄(t) − ℓ̄(m) < δ) and dpop's penalty term max(0, log π_ref(t) − log π(t)) (nats)."), "",
+                  "| preset | round | ℓ̄(t) | ℓ̄(m) | ℓ̄(t) − ℓ̄(m) | active hinges | dpop penalty |",
+                  "|---|---|---|---|---|---|---|"]
+        for name, k, sig in likelihood_rows:
+            cells = [_pm(sig.get(key), scale=1.0, digits=3) for key in _LIKELIHOOD_SIGNALS]
+            lines.append(f"| {name} | {k} | " + " | ".join(cells) + " |")
     n_gaps = len(agg["gaps"])
     lines += ["", "## Paired gaps in final test accuracy (points; b − a, paired by seed)", "",
               (f"{n_gaps} pairs are tested, each at 95%: by chance alone about {0.05 * n_gaps:.1f} of them would read "
@@ -153,11 +231,29 @@ def to_markdown(spec: StudySpec, agg: dict, study_wall_s: float | None = None) -
     for g in agg["gaps"]:
         lines.append(f"| {g['a']} | {g['b']} | {g['n']} | {g['mean'] * 100:+.1f} ± {g['std'] * 100:.1f} | "
                      f"{g['t']:.2f} | {g['critical']:.2f} | {'yes' if g['outside_noise'] else 'no'} |")
+    by_question = [g for g in agg["gaps"] if g.get("mcnemar_p") is not None]
+    if by_question:
+        m = len(by_question)
+        lines += ["", "## The same gaps paired by question (pooled question × seed pairs)", "",
+                  (f"{m} comparison{'s' if m > 1 else ''} (every pair of presets). McNemar's exact test counts the "
+                   "pairs only b got right (b only) against those only a got right (a only); Holm's p adjusts it for "
+                   f"the {m} comparisons. The 95% interval is a paired bootstrap over questions, each drawn question "
+                   "bringing all its seeds. Pooling seeds treats one question's seeds as separate pairs: McNemar "
+                   "sees question-level noise, the t-test over seeds above sees training noise; read both."), "",
+                  ("| a | b | pairs (questions) | b only | a only | gap (points) | 95% bootstrap interval | McNemar p "
+                   "| Holm p | outside noise |"), "|---|---|---|---|---|---|---|---|---|---|"]
+        for g in by_question:
+            low, high = g["bootstrap_ci"]
+            lines.append(f"| {g['a']} | {g['b']} | {g['pairs']} ({g['questions']}) | {g['b_only']} | {g['a_only']} | "
+                         f"{g['pooled_gap'] * 100:+.1f} | [{low * 100:+.1f}, {high * 100:+.1f}] | "
+                         f"{g['mcnemar_p']:.3g} | {g['mcnemar_p_holm']:.3g} | "
+                         f"{'yes' if g['mcnemar_p_holm'] < 0.05 else 'no'} |")
     return "\n".join(lines) + "\n"
 
 
 # The signal drawn per round beside the accuracy: the triplet's gap, ranking's preference accuracy.
-_PLOTTED_SIGNALS = {"reflection_gap": "Δ = cos(a,p) − cos(a,n)", "rewards/accuracies": "rewards/accuracies"}
+_PLOTTED_SIGNALS = {"reflection_gap": "Δ = cos(a,p) − cos(a,n)", "rewards/accuracies": "rewards/accuracies",
+                    "loglik_gap": "ℓ̄(t) − ℓ̄(m)"}
 
 
 def plot(agg: dict, path: Path) -> Path:
@@ -194,7 +290,7 @@ def plot(agg: dict, path: Path) -> Path:
                         label=f"{name}: {_PLOTTED_SIGNALS[key]}")
         ax.set_xticks(sorted({k for per_round in signals.values() for k in per_round}))
         ax.set_xlabel("round (last epoch's mean)")
-        ax.set_ylabel("Δ (triplet) / preference accuracy (ranking)")
+        ax.set_ylabel("Δ (triplet) / preference accuracy (ranking) / ℓ̄(t) − ℓ̄(m) (nats)")
         ax.set_title("the reflection loss's learning signal", fontsize=10)
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
