@@ -22,7 +22,7 @@ import pandas as pd
 
 from ..config import ExperimentConfig, load_config, round_train
 from ..ray_utils import init_ray
-from ..tasks import TASKS, Record, load_task
+from ..tasks import Record, TaskData, load_task
 from .files import check_stage_outputs, read_parquet
 from .rundir import RunDir, load_run_config
 from .summary import build_summary, print_round_table
@@ -72,12 +72,12 @@ def _rounds(cfg: ExperimentConfig, rd: RunDir, tracker: Tracker, on_round: Calla
     from ..student.models import resolve_model_dir
 
     task = load_task(cfg.task, seed=cfg.seed)
-    answer_type = TASKS[cfg.task.name].answer_type
+    answer_type = task.answer_type
     records = {r.id: r for r in task.train + task.test + task.val}
     eval_split = task.split(cfg.eval.split)
     model = resolve_model_dir(cfg.student.model, cfg.student.cache_dir, cfg.student.allow_hub_download,
                               cfg.student.dtype)
-    stage = _StageRunner(cfg, rd, tracker)
+    stage = _StageRunner(cfg, rd, tracker, task)
 
     # Round 0: the untuned student (its test accuracy is the baseline; its exam gives round 1's negatives).
     if cfg.exam.round0:
@@ -145,8 +145,10 @@ def read_mistakes(rd: RunDir, exam_round: int, max_negatives: int, mode: str = "
 class _StageRunner:
     """Runs one stage unless the manifest says it is done; records its metrics and wall time."""
 
-    def __init__(self, cfg: ExperimentConfig, rd: RunDir, tracker: Tracker):
-        self.cfg, self.rd, self.tracker = cfg, rd, tracker
+    def __init__(self, cfg: ExperimentConfig, rd: RunDir, tracker: Tracker, task: TaskData):
+        # The loaded task carries what the stages need (answer type, generation budget, teacher prompts),
+        # for a built-in task and a task file alike.
+        self.cfg, self.rd, self.tracker, self.task = cfg, rd, tracker, task
 
     def _run(self, k: int, name: str, fn) -> dict:
         entry = self.rd.done(k, name)
@@ -168,7 +170,7 @@ class _StageRunner:
             limit = self.cfg.exam.limit
             result = run_exam(questions[:limit] if limit else questions, model, self.cfg, answer_type=answer_type,
                               samples=self.cfg.exam.samples, greedy=False,
-                              max_new_tokens=self.cfg.exam.max_new_tokens or TASKS[self.cfg.task.name].max_new_tokens,
+                              max_new_tokens=self.cfg.exam.max_new_tokens or self.task.max_new_tokens,
                               out_path=self.rd.round_dir(k) / "exam.parquet", seed=self.cfg.seed + k)
             rows = result.rows
             wrong = rows[mistake_mask(rows, self.cfg.exam.mistakes)]
@@ -185,7 +187,7 @@ class _StageRunner:
 
         def go():
             result = run_exam(questions, model, self.cfg, answer_type=answer_type, samples=1, greedy=True,
-                              max_new_tokens=self.cfg.eval.max_new_tokens or TASKS[self.cfg.task.name].max_new_tokens,
+                              max_new_tokens=self.cfg.eval.max_new_tokens or self.task.max_new_tokens,
                               out_path=self.rd.round_dir(k) / "eval.parquet", seed=self.cfg.seed)
             _warn_failed_rows(k, "eval", result.rows)
             # Failed rows (an engine error, a prompt too long) count as wrong answers: said, and counted here.
@@ -200,7 +202,7 @@ class _StageRunner:
             with teacher_endpoint(self.cfg, model) as base_url:
                 result = annotate(questions, self.cfg.teacher, answer_type=answer_type, base_url=base_url,
                                   ledger_path=self.ledger_path, out_path=self.rd.round_dir(k) / "teacher.parquet",
-                                  mistakes=mistakes, seed=self.cfg.seed + k, task=self.cfg.task.name)
+                                  mistakes=mistakes, seed=self.cfg.seed + k, task=self.task.prompts)
             return {"questions": len(questions), "teacher_requests": result.requests_sent,
                     "teacher_ledger_hits": result.ledger_hits, "teacher_accepted": result.accepted,
                     "teacher_rejected": result.rejected, "teacher_rejected_answer": result.rejected_answer,

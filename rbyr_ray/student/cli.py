@@ -37,10 +37,10 @@ def register(subparsers) -> None:
 
 def run_eval(args: argparse.Namespace) -> int:
     from ..config import load_config
-    from ..tasks import TASKS, load_task
+    from ..tasks import load_task, task_overrides
     from .exam import run_exam
 
-    overrides = [*args.overrides, f"task.name={args.task}"]
+    overrides = [*args.overrides, *task_overrides(args.task)]
     if args.engine:
         overrides.append(f"exam.engine={args.engine}")
     cfg = load_config(args.config, overrides)
@@ -52,10 +52,10 @@ def run_eval(args: argparse.Namespace) -> int:
         raise ValueError("the val split is empty: set task.val_fraction>0")
     if args.limit:
         records = records[: args.limit]
-    spec = TASKS[args.task]
+    spec = data  # the loaded task: answer type and generation budget, built-in or task file
     max_new = args.max_new_tokens or cfg.eval.max_new_tokens or spec.max_new_tokens
     out = args.out or (Path("runs") / "eval" /
-                       f"{args.task}-{re.sub(r'[^A-Za-z0-9_.-]+', '_', Path(args.model).name)}-"
+                       f"{data.name}-{re.sub(r'[^A-Za-z0-9_.-]+', '_', Path(args.model).name)}-"
                        f"{cfg.exam.engine}.parquet")
     result = run_exam(records, args.model, cfg, answer_type=spec.answer_type, samples=args.samples,
                       greedy=args.samples == 1, max_new_tokens=max_new, out_path=out, seed=args.seed)

@@ -113,11 +113,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_annotate(args: argparse.Namespace) -> int:
     from ..config import load_config
     from ..ray_utils import init_ray
-    from ..tasks import TASKS, load_task
+    from ..tasks import load_task, task_overrides
     from .ledger import check_ledger
     from .stage import annotate
 
-    overrides = [f"task.name={args.task}", *args.overrides]
+    overrides = [*task_overrides(args.task), *args.overrides]
     if args.data_dir:
         overrides.append(f"task.data_dir={args.data_dir}")
     if args.samples:
@@ -125,9 +125,8 @@ def cmd_annotate(args: argparse.Namespace) -> int:
     if args.model:
         overrides.append(f"teacher.model={args.model}")
     cfg = load_config(args.config, overrides)
-    if args.task not in TASKS:
-        raise ValueError(f"unknown task {args.task!r}; available: {', '.join(TASKS)}")
-    records = load_task(cfg.task, seed=cfg.seed).split(args.split)
+    data = load_task(cfg.task, seed=cfg.seed)
+    records = data.split(args.split)
     if args.limit:
         records = records[: args.limit]
     ledger = args.ledger or cfg.teacher.ledger or "teacher_ledger.sqlite"
@@ -137,8 +136,8 @@ def cmd_annotate(args: argparse.Namespace) -> int:
 
         DataContext.get_current().enable_progress_bars = False  # keep stdout for the summary
     init_ray(cfg.ray)
-    result = annotate(records, cfg.teacher, answer_type=TASKS[args.task].answer_type, base_url=args.base_url,
-                      ledger_path=ledger, out_path=args.out, seed=cfg.seed, task=args.task)
+    result = annotate(records, cfg.teacher, answer_type=data.answer_type, base_url=args.base_url,
+                      ledger_path=ledger, out_path=args.out, seed=cfg.seed, task=data.prompts)
     if result.budget_message:
         print(result.budget_message, file=sys.stderr)
     if args.json:

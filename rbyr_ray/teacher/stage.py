@@ -38,9 +38,10 @@ import pandas as pd
 from ..config import TeacherConfig
 from ..errors import RunError
 from ..tasks.grading import answers_match, extract_answer
-from ..tasks.prompts import strip_answer_line, teacher_cot_messages, teacher_feedback_messages
+from ..tasks.prompts import strip_answer_line
 from ..tasks.records import Record
 from ..tasks.steps import check_steps
+from ..tasks.taskfile import TaskPrompts, task_prompts
 
 log = logging.getLogger(__name__)
 
@@ -119,9 +120,10 @@ def judge(text: str | None, predicted: str | None, gold: str, answer_type: str, 
 
 def build_requests(records: Sequence[Record], cfg: TeacherConfig, answer_type: str,
                    mistakes: dict[str, list[str]] | None = None, seed: int = 0,
-                   task: str | None = None) -> list[dict]:
+                   task: str | TaskPrompts | None = None) -> list[dict]:
     """One row per question to ask: its prompt (JSON messages), gold answer and kind ("cot" or "feedback").
-    `task` picks the task's own few-shot demonstrations (prompts.FEW_SHOT) when it has them.
+    `task`: the task's prompts (TaskData.prompts; a task file's own), or a built-in task's name, whose own
+    few-shot demonstrations (prompts.FEW_SHOT) the CoT prompt then uses when it has them.
 
     The wrong rationale shown in a feedback prompt is drawn with a per-question seeded RNG, so that a rerun
     builds the very same prompt and finds it in the ledger.
@@ -129,13 +131,13 @@ def build_requests(records: Sequence[Record], cfg: TeacherConfig, answer_type: s
     rows = []
     for order, record in enumerate(records):
         if mistakes is None:
-            messages, kind = teacher_cot_messages(record, answer_type, few_shot=cfg.few_shot, task=task), "cot"
+            messages, kind = task_prompts(task, answer_type).cot_messages(record, few_shot=cfg.few_shot), "cot"
         else:
             wrong = [w for w in mistakes.get(record.id) or [] if w and w.strip()]
             if not wrong:
                 continue
             pick = random.Random(f"{seed}:{record.id}").choice(sorted(wrong))
-            messages = teacher_feedback_messages(record, pick, answer_type, use_hint=cfg.use_hint)
+            messages = task_prompts(task, answer_type).feedback_messages(record, pick, use_hint=cfg.use_hint)
             kind = "feedback"
         rows.append({"order": order, "id": record.id, "kind": kind, "messages": json.dumps(messages),
                      "answer": record.answer, "choices": json.dumps(list(record.choices))})
@@ -273,7 +275,7 @@ def _out_file(out_path: str | os.PathLike | None) -> Path | None:
 def annotate(records: Sequence[Record], cfg: TeacherConfig, *, answer_type: str, base_url: str | None,
              ledger_path: str | os.PathLike, out_path: str | os.PathLike | None,
              mistakes: dict[str, list[str]] | None = None, seed: int = 0,
-             task: str | None = None) -> TeacherResult:
+             task: str | TaskPrompts | None = None) -> TeacherResult:
     """Ask the teacher for k rationales per question as a Ray Data stage; grade, record, write Parquet.
 
     `task` (the task's name) gives the CoT prompt that task's own demonstrations when it has them.

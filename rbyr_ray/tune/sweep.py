@@ -273,7 +273,7 @@ def evaluate_on_test(cfg: ExperimentConfig, trial_dir: Path, sweep_dir: Path) ->
     """The selected trial's final model on the test split (greedy, like the loop's evaluation), evaluated once
     after selection; a second call for the same model reuses the result."""
     from ..student.exam import run_exam
-    from ..tasks import TASKS, load_task
+    from ..tasks import load_task
 
     manifest = json.loads((trial_dir / "manifest.json").read_text())
     trained = sorted((e for e in manifest["stages"].values() if e["stage"] == "train"), key=lambda e: e["round"])
@@ -289,9 +289,8 @@ def evaluate_on_test(cfg: ExperimentConfig, trial_dir: Path, sweep_dir: Path) ->
 
     ray.data.DataContext.get_current().enable_progress_bars = False
     task = load_task(cfg.task, seed=cfg.seed)
-    spec = TASKS[cfg.task.name]
-    result = run_exam(task.test, model_dir, cfg, answer_type=spec.answer_type, samples=1, greedy=True,
-                      max_new_tokens=cfg.eval.max_new_tokens or spec.max_new_tokens,
+    result = run_exam(task.test, model_dir, cfg, answer_type=task.answer_type, samples=1, greedy=True,
+                      max_new_tokens=cfg.eval.max_new_tokens or task.max_new_tokens,
                       out_path=sweep_dir / "best_test_eval.parquet", seed=cfg.seed)
     out = {"best_test_accuracy": result.accuracy, "best_test_questions": len(task.test)}
     cache.write_text(json.dumps({**out, "model_dir": model_dir}))
