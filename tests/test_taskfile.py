@@ -381,3 +381,45 @@ def test_a_uri_source_is_read_through_ray_data(ray_cluster, tmp_path):
     assert [(r.id, r.answer) for r in data.test] == [("t-test-1", "2"), ("t-test-2", "3"), ("t-test-3", "4"),
                                                      ("t-test-4", "5")]
     assert [r.question for r in data.val] == ["What is 5 + 5?"]
+
+
+def test_a_real_teacher_stage_and_exam_on_task_files(ray_cluster, tmp_path, numeric_task, text_task):
+    """The `reference` teacher answers a task file's questions from its worked solutions, through the real
+    local server and the Ray Data teacher stage (CoT, then feedback); the real student is examined on a
+    text-answer task file, graded inside the Ray Data actors by the file's answer type."""
+    import pandas as pd
+    from ray.data import DataContext
+
+    from rbyr_ray.config import ExperimentConfig, TeacherConfig
+    from rbyr_ray.student.exam import run_exam
+    from rbyr_ray.teacher.server import LocalTeacherServer
+    from rbyr_ray.teacher.stage import annotate
+
+    DataContext.get_current().enable_progress_bars = False
+    task_cfg = TaskConfig(file=str(numeric_task))
+    data = load_task(task_cfg)
+    cfg = TeacherConfig(samples=1, retry_backoff_s=0.01, retry_backoff_max_s=0.05)
+    ledger = tmp_path / "ledger.sqlite"
+    with LocalTeacherServer("reference", task_cfg, cfg, seed=3) as url:
+        cot = annotate(data.train, cfg, answer_type=data.answer_type, base_url=url, ledger_path=ledger,
+                       out_path=tmp_path / "round1", task=data.prompts)
+        mistakes = {r.id: ["I guess.\nAnswer: 1"] for r in data.train[:2]}
+        feedback = annotate(data.train, cfg, answer_type=data.answer_type, base_url=url, ledger_path=ledger,
+                            out_path=tmp_path / "round2", mistakes=mistakes, seed=1, task=data.prompts)
+    rows = pd.read_parquet(tmp_path / "round1" / "teacher.parquet").sort_values("id")
+    assert (cot.questions, cot.accepted, cot.failed) == (3, 3, 0)
+    assert any("3 + 4 = 7." in r for r in rows["rationale"])
+    assert (feedback.questions, feedback.accepted) == (2, 2)
+    assert set(pd.read_parquet(tmp_path / "round2" / "teacher.parquet")["kind"]) == {"feedback"}
+
+    text = load_task(TaskConfig(file=str(text_task)))
+    exam_cfg = ExperimentConfig()
+    exam_cfg.exam = exam_cfg.exam.model_copy(update={"batch_size": 8})
+    result = run_exam(text.test, "smollm2-135m", exam_cfg, answer_type=text.answer_type, samples=1, greedy=True,
+                      max_new_tokens=12, out_path=tmp_path / "eval.parquet", seed=0)
+    graded = result.rows.set_index("id")
+    assert sorted(graded.index) == sorted(r.id for r in text.test) and graded["error"].isna().all()
+    for record in text.test:  # the actors graded with the text answer type, as the driver does
+        row = graded.loc[record.id]
+        assert row["predicted"] == extract_answer("text", row["rationale"])
+        assert bool(row["correct"]) == grade("text", row["rationale"], record.answer)

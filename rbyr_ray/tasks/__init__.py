@@ -60,6 +60,15 @@ def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
         "to the folder holding gsm8k/, svamp/, multiarith/, asdiv/, csqa/, strategyqa/")
 
 
+def task_overrides(task: str) -> list[str]:
+    """The config overrides that name `task` on a command line: a built-in task's name, or a task file's path."""
+    if task in TASKS:
+        return [f"task.name={task}"]
+    if task.endswith((".yaml", ".yml")) or Path(task).is_file():
+        return ["task.name=null", f"task.file={task}"]
+    raise ValueError(f"unknown task {task!r}; available: {', '.join(TASKS)}, or a task file (docs/tasks.md)")
+
+
 def _load_raw(cfg: TaskConfig) -> TaskData:
     if cfg.file is not None:
         from .taskfile import load_task_file
@@ -116,4 +125,4 @@ def gold_rationale(task: str | None, record: Record) -> str | None:
 
 
 __all__ = ["TASKS", "Record", "StepCheck", "TaskData", "TaskSpec", "check_steps", "gold_rationale", "load_task",
-           "resolve_data_dir"]
+           "resolve_data_dir", "task_overrides"]

@@ -278,7 +278,7 @@ def annotate(records: Sequence[Record], cfg: TeacherConfig, *, answer_type: str,
              task: str | TaskPrompts | None = None) -> TeacherResult:
     """Ask the teacher for k rationales per question as a Ray Data stage; grade, record, write Parquet.
 
-    `task` (the task's name) gives the CoT prompt that task's own demonstrations when it has them.
+    `task`: the task's prompts (TaskData.prompts) or a built-in task's name, as for build_requests.
     `out_path` is a .parquet file or a folder (then <folder>/teacher.parquet). Ray is started if it is not
     running yet. Returns a TeacherResult; when the budget stops requests, `budget_message` says so and the
     unsent samples are rows with that message as their error.
