@@ -19,6 +19,9 @@ What is measured (all on one device, in one process):
    (N = all parameters, tied LM head counted once; pos/neg passes run the decoder without the LM head;
    LoRA skips weight gradients of the frozen base, so 2N forward + 2N input-gradient; adapter and attention
    score FLOPs are left out). "MFU anchor-only" uses only the first term, i.e. the textbook 6*N*tok/s.
+   The kinds on sequence likelihoods (hinge, redi, dpop; issue 21) run the anchor and one negative, both through
+   the LM head: 6*N*(T_anchor + T_neg) (LoRA 4N). dpop's pi_ref pass runs once before the timed steps (once
+   per round in training), so it is not in the step.
 3. exam generation: model.generate, greedy, left padding, prompts of 96..160 tokens, exactly max_new_tokens
    new tokens per row (min_new_tokens = max_new_tokens, so random weights cannot stop early) -> new tokens/s.
 
@@ -143,7 +146,7 @@ def matmul_peak(device, n: int, dtype, warmup: int, iters: int, timer: Timer) ->
 
 
 # ---------------------------------------------------------------------------------------------- training
-def make_batch(batch: int, seq: int, vocab: int, device, prefix: int, seed: int):
+def make_batch(batch: int, seq: int, vocab: int, device, prefix: int, seed: int, kind: str = "triplet"):
     g = torch.Generator().manual_seed(seed)
 
     def ids():
@@ -162,10 +165,15 @@ def make_batch(batch: int, seq: int, vocab: int, device, prefix: int, seed: int)
                "valid": torch.ones(batch, dtype=torch.bool),
                "pos_input_ids": pos, "pos_attention_mask": ones.clone(), "neg_input_ids": neg,
                "neg_attention_mask": ones.clone()}
+    if kind != "triplet":  # the pair kinds score the target (rationale, answer, eos) of anchor and negative
+        target = torch.zeros(batch, seq, dtype=torch.long)
+        target[:, prefix:] = 1
+        out |= {"target_mask": target, "neg_target_mask": target.clone()}
     return {k: v.to(device) for k, v in out.items()}
 
 
-def train_case(Objective, model_shape, mode, lam, batch, seq, steps, warmup, device, dtype, timer, peak_tflops):
+def train_case(Objective, model_shape, mode, lam, batch, seq, steps, warmup, device, dtype, timer, peak_tflops,
+               kind: str = "triplet"):
     from torch import nn
 
     model = build_model(model_shape, device, dtype)
@@ -181,9 +189,14 @@ def train_case(Objective, model_shape, mode, lam, batch, seq, steps, warmup, dev
     params = [p for p in model.parameters() if p.requires_grad]
     trainable = sum(p.numel() for p in params)
     opt = torch.optim.AdamW(params, lr=5e-4, weight_decay=0.0)  # train.lr default
-    objective = Objective(model, weight=lam, margin=1.0, pooling="last")
-    b = make_batch(batch, seq, V, device, prefix=seq // 4, seed=0)
+    # hinge: δ 0.1 nats/token, so the hinge acts (random weights put ℓ̄(t) and ℓ̄(m) together).
+    objective = Objective(model, weight=lam, margin=0.1 if kind == "hinge" else 1.0, pooling="last", kind=kind)
+    b = make_batch(batch, seq, V, device, prefix=seq // 4, seed=0, kind=kind)
     autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    if kind in ("ranking", "dpop"):  # pi_ref = the starting weights, once (as trainer.reference_logps does)
+        with autocast:
+            b["ref_chosen_logp"], b["ref_rejected_logp"] = objective.reference_logps(b)
+        objective.train()
     losses = []
 
     def step():
@@ -207,22 +220,30 @@ def train_case(Objective, model_shape, mode, lam, batch, seq, steps, warmup, dev
         raise RuntimeError("non-finite loss")
     # Only the first step can be checked: the same batch is repeated, so the hinge may reach 0 later (the
     # backward through the pos/neg pass still runs then, on zero gradients, so the timing is unaffected).
-    if lam > 0 and not ref0 > 0:
+    if lam > 0 and not (ref0 < 0 if kind == "redi" else ref0 > 0):  # redi's L is ℓ̄(m) < 0
         raise RuntimeError(f"reflection loss is {ref0} at the first step with lambda={lam}: no pos/neg pass?")
     mem = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
     dt = statistics.median(times)
     t_anchor = batch * seq
-    t_pn = 2 * batch * seq if lam > 0 else 0
+    pair = kind != "triplet"  # one negative, through the LM head
+    t_pn = (1 if pair else 2) * batch * seq if lam > 0 else 0
     k = 6 if mode == "full" else 4
     flops_anchor = k * N * t_anchor
-    flops = flops_anchor + k * (N - V * h) * t_pn
-    row = {"model": model_shape, "mode": mode, "lam": lam, "batch": batch, "seq": seq, "params": N, "trainable": trainable,
+    flops = flops_anchor + k * (N if pair else N - V * h) * t_pn
+    row = {"model": model_shape, "mode": mode, "lam": lam, "kind": kind, "batch": batch, "seq": seq, "params": N,
+           "trainable": trainable,
                "step_ms": dt * 1e3, "step_ms_min": min(times) * 1e3, "anchor_tok_s": t_anchor / dt,
                "all_tok_s": (t_anchor + t_pn) / dt, "model_tflops": flops / dt / 1e12,
                "mfu": flops / dt / 1e12 / peak_tflops, "mfu_anchor": flops_anchor / dt / 1e12 / peak_tflops,
                "peak_mem_gib": mem, "lm_loss_first": lm0, "lm_loss_last": lm1, "ref_loss_first": ref0,
                "ref_loss_last": ref1}
     return row
+
+
+# The training cases per model: the triplet (the paper's) at λ 0.5 and λ = 0, full and LoRA; then the kinds on
+# sequence likelihoods (issue 21) at λ 0.5, full fine-tuning, beside the triplet's full λ 0.5 row.
+CASES = [("full", 0.5, "triplet"), ("full", 0.0, "triplet"), ("lora", 0.5, "triplet"), ("lora", 0.0, "triplet"),
+         ("full", 0.5, "hinge"), ("full", 0.5, "redi"), ("full", 0.5, "dpop")]
 
 
 # ---------------------------------------------------------------------------------------------- generation
@@ -299,7 +320,7 @@ def main(argv=None) -> int:
     gen_batches = [int(x) for x in (a.gen_batches or ("1,4" if smoke else "1,32,128")).split(",")]
     new_tokens = a.new_tokens or (8 if smoke else 128)
     prompt_min, prompt_max = (8, 16) if smoke else (96, 160)
-    budget = a.budget_s or (120 if smoke else 270)
+    budget = a.budget_s or (120 if smoke else 330)
     out_dir = Path(a.out)
     out_dir.mkdir(parents=True, exist_ok=True)
 
@@ -339,8 +360,8 @@ def main(argv=None) -> int:
 
     # 2. training step, then 3. exam generation, model by model (so a budget stop loses the least)
     for m in models:
-        for mode, lam in (("full", 0.5), ("full", 0.0), ("lora", 0.5), ("lora", 0.0)):
-            name = f"train {m} {mode} lambda={lam}"
+        for mode, lam, kind in CASES:
+            name = f"train {m} {mode} lambda={lam}" + (f" {kind}" if kind != "triplet" else "")
             if over_budget(name):
                 continue
             b = batch
@@ -348,7 +369,7 @@ def main(argv=None) -> int:
                 try:
                     t0 = time.perf_counter()
                     row = train_case(Objective, m, mode, lam, b, seq, steps, warmup, device, torch.bfloat16,
-                                     timer, peak)
+                                     timer, peak, kind)
                     row["wall_s"] = time.perf_counter() - t0
                     results["train"].append(row)
                     say(f"{name}: batch {b}x{seq} step {row['step_ms']:.1f} ms (min {row['step_ms_min']:.1f}), "
@@ -409,12 +430,14 @@ def main(argv=None) -> int:
           f"timings): **{peak:.1f} TFLOP/s**"),
           "",
           ("Training step (bf16 weights + autocast bf16, AdamW, clip 1.0; anchor/pos/neg each B x T, no padding; "
-          "tok/s = anchor tokens; MFU: full 6N, LoRA 4N FLOPs per token, pos/neg without LM head):"),
+          "tok/s = anchor tokens; MFU: full 6N, LoRA 4N FLOPs per token, the triplet's pos/neg without LM head, "
+          "hinge/redi/dpop's negative with it):"),
           "",
-          "| model | mode | λ | B x T | step ms | anchor tok/s | MFU | MFU anchor-only | peak GiB |",
-          "|---|---|---|---|---|---|---|---|---|"]
+          "| model | mode | λ | kind | B x T | step ms | anchor tok/s | MFU | MFU anchor-only | peak GiB |",
+          "|---|---|---|---|---|---|---|---|---|---|"]
     for r in results["train"]:
-        md.append(f"| {r['model']} | {r['mode']} | {r['lam']} | {r['batch']}x{r['seq']} | {r['step_ms']:.1f} | "
+        md.append(f"| {r['model']} | {r['mode']} | {r['lam']} | {r.get('kind', 'triplet')} | {r['batch']}x{r['seq']} | "
+                  f"{r['step_ms']:.1f} | "
                   f"{r['anchor_tok_s']:,.0f} | {r['mfu']:.1%} | {r['mfu_anchor']:.1%} | "
                   f"{fmt(r['peak_mem_gib'], '.1f')} |")
     md += ["", (f"Exam generation (transformers generate, greedy, left padding, prompts {prompt_min}-{prompt_max} "

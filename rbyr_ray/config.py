@@ -82,7 +82,8 @@ class TaskConfig(_Section):
         data = dict(data)
         file, name = data.get("file"), data.get("name")
         if file is not None and name is not None:
-            raise ValueError("give task.name (a built-in task) or task.file (a task file), not both")
+            raise ValueError("give task.name (a built-in task) or task.file (a task file), not both; over a "
+                             "config that names a task: task.name=null task.file=FILE")
         if file is None:
             if data.get("spec"):
                 raise ValueError("task.spec overrides keys of a task file: set task.file too")

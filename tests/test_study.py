@@ -334,3 +334,29 @@ def test_collect_reads_each_runs_final_round_per_question(tmp_path: Path):
     (run_dir / "manifest.json").write_text(json.dumps({"stages": {}}))
     (run_dir / "summary.json").write_text(json.dumps(_summary(0.0, [0.5, 0.5], 0)))
     assert collect(spec)["a"][0]["final_correct"] == {"q0": False, "q1": True}  # round 2, the last evaluated
+
+
+def test_presets_differing_in_round_2s_objective_share_the_sft_round_and_round_2s_data(tmp_path: Path):
+    """train.reflection.start_round=2: round 1 is λ = 0 at train.lr whatever the kind, λ or reflection lr, so it
+    is shared even with student mistakes in round 1; round 2 trains apart where the kind, λ or lr differ."""
+    study3 = [*FULL, "train.reflection.start_round=2", "train.reflection.lr=2e-4"]
+    src = _source_run(tmp_path / "hinge", triplets_round1=3, negatives_round1=4,
+                      overrides=[*study3, "train.reflection.kind=hinge", "train.reflection.margin=0.1"])
+    up_to_round_2_data = [(0, "eval"), (1, "teacher"), (1, "train_data"), (1, "train"), (1, "eval"),
+                          (2, "exam"), (2, "teacher"), (2, "train_data")]
+    for other in (["train.reflection.kind=dpop"], ["train.reflection.kind=redi", "train.reflection.weight=0.8"],
+                  ["train.reflection.weight=0.0"], ["train.reflection.kind=hinge", "train.reflection.margin=0.1",
+                                                    "train.reflection.lr=1e-3"]):
+        cfg = load_config(REPO / "configs/demo.yaml", [*study3, *other])
+        assert shareable_stages(cfg, load_run_config(src.path), src) == up_to_round_2_data, other
+    # The same objective and rate share round 2's training too.
+    same = load_config(REPO / "configs/demo.yaml", [*study3, "train.reflection.kind=hinge", "train.reflection.margin=0.1"])
+    assert shareable_stages(same, load_run_config(src.path), src)[-2:] == [(2, "train"), (2, "eval")]
+    # The paper's schedule (the loss from round 1, start_round 1) acts on round 1's mistakes: round 1 trains apart.
+    paper = load_config(REPO / "configs/demo.yaml", [*FULL, "train.reflection.kind=hinge", "train.reflection.margin=0.1"])
+    assert shareable_stages(paper, load_run_config(src.path), src) == up_to_round_2_data[:3]
+    # λ = 0 at a different round-2 rate: round 1 shared, round 2's training not (the rate differs, no loss acts).
+    zero = [*FULL, "train.reflection.start_round=2", "train.reflection.weight=0.0"]
+    src0 = _source_run(tmp_path / "zero", overrides=[*zero, "train.reflection.lr=1e-4"])
+    cfg = load_config(REPO / "configs/demo.yaml", [*zero, "train.reflection.lr=3e-4"])
+    assert shareable_stages(cfg, load_run_config(src0.path), src0) == up_to_round_2_data

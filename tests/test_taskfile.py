@@ -143,14 +143,16 @@ def test_choice_task_over_csv_with_upper_case_letters(choice_task):
 
 def test_choices_as_one_list_field_or_one_text(tmp_path):
     jsonl(tmp_path / "d.jsonl", [{"q": "Pick the even number", "opts": ["(a) 3", "(b) 4", "(c) 5"], "a": "(b)"},
-                                 {"q": "Pick the odd number", "opts": "A) 2 B) 6 C) 9", "a": "9"}])
+                                 {"q": "Pick the odd number", "opts": "A) 2 B) 6 C) 9", "a": "9"},
+                                 {"q": "Which is a germ?", "opts": ["E. coli", "a cat"], "a": "A"}])
     write(tmp_path / "t.yaml", """
         data: {train: d.jsonl, test: d.jsonl}
         fields: {question: q, answer: a, choices: opts}
         answer_type: choice
         """)
     data = load_task(TaskConfig(file=str(tmp_path / "t.yaml")))
-    assert [(r.choices, r.answer) for r in data.train] == [(("3", "4", "5"), "b"), (("2", "6", "9"), "c")]
+    assert [(r.choices, r.answer) for r in data.train] == [(("3", "4", "5"), "b"), (("2", "6", "9"), "c"),
+                                                           (("E. coli", "a cat"), "a")]
 
 
 def test_numeric_task_over_parquet_with_worked_solutions(numeric_task):
@@ -423,3 +425,25 @@ def test_a_real_teacher_stage_and_exam_on_task_files(ray_cluster, tmp_path, nume
         row = graded.loc[record.id]
         assert row["predicted"] == extract_answer("text", row["rationale"])
         assert bool(row["correct"]) == grade("text", row["rationale"], record.answer)
+
+
+def test_the_example_task_of_the_docs(tmp_path):
+    """scripts/make_example_task.py writes the task file docs/tasks.md shows; it loads and checks clean."""
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "make_example_task.py"
+    spec = importlib.util.spec_from_file_location("make_example_task", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    path = module.write_example(tmp_path)
+    data = load_task(TaskConfig(file=str(path)))
+    assert (data.name, len(data.train), len(data.test), data.max_new_tokens) == ("clock", 60, 20, 64)
+    first = data.train[0]
+    assert first.solution.endswith(f"= {first.answer}.") and "####" not in first.solution
+    assert data.test[0].id == "clock-60" and set(first.tags) == {"hours"}
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "tasks.md").read_text()
+    body = "\n".join(line for line in module.TASK_FILE.splitlines() if not line.startswith("#"))
+    assert textwrap.indent(body, "   ") in docs  # the docs show the file the script writes
+    assert module.write_example(tmp_path / "again").read_text() == path.read_text()
+    assert (tmp_path / "again" / "train.jsonl").read_text() == (tmp_path / "train.jsonl").read_text()

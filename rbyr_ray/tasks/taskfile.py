@@ -433,7 +433,11 @@ def _options(value: Any) -> list[str]:
         parts = _OPTIONS_IN_TEXT.split(value.strip())
         # split gives [before, letter, text, letter, text, ...]
         return [parts[i + 1].strip() for i in range(1, len(parts) - 1, 2)] if len(parts) > 2 else []
-    return [_OPTION_LABEL.sub("", str(_plain(v)), count=1).strip() for v in value]
+    texts = [str(_plain(v)).strip() for v in value]
+    labels = [m.group(1).lower() if (m := _OPTION_LABEL.match(t)) else None for t in texts]
+    if labels != list("abcde"[: len(texts)]):  # labels only when every option has its own, in order ("E. coli")
+        return texts
+    return [_OPTION_LABEL.sub("", t, count=1).strip() for t in texts]
 
 
 def _gold(answer_type: str, raw: Any, choices: tuple[str, ...]) -> str:
