@@ -79,3 +79,27 @@ def test_teacher_rejections_by_reason_per_round(tmp_path: Path):
     assert lines[0].split()[at:at + 3] == ["t_acc", "t_rej_a", "t_rej_s"]
     assert lines[2].split()[at:at + 3] == ["20", "9", "3"] and lines[3].split()[at:at + 3] == ["5", "4", "0"]
     assert write_report(tmp_path / "run", summary).stat().st_size > 10_000
+
+
+def test_likelihood_kinds_show_their_mean_token_log_likelihoods(tmp_path: Path):
+    """hinge, redi, dpop (issue 21): ℓ̄(t), the gap or ℓ̄(m), and the active hinges or dpop's penalty, in
+    summary.json, the round table and report.png; round 1 was SFT (λ = 0 before train.reflection.start_round)."""
+    signals = {"loglik_chosen": -0.21, "loglik_rejected": -0.93, "loglik_gap": 0.72}
+    extra = {"hinge": {"hinge_active": 0.25}, "redi": {}, "dpop": {"dpop_penalty": 0.5, "rewards/margins": 1.5,
+                                                                   "rewards/accuracies": 0.9}}
+    columns = {"hinge": (["lik_t", "lik_gap", "active"], ["-0.210", "0.720", "0.250"]),
+               "redi": (["lik_t", "lik_m", "lik_gap"], ["-0.210", "-0.930", "0.720"]),
+               "dpop": (["lik_t", "margins", "penalty"], ["-0.210", "1.500", "0.500"])}
+    for kind, (headers, cells) in columns.items():
+        summary = _run(tmp_path / kind, kind, {
+            1: {"reflection_loss": None, "reflection_items": 0},
+            2: {"reflection_loss": 0.3, "reflection_items": 30, **signals, **extra[kind]}})
+        rounds = {r["round"]: r for r in summary["rounds"]}
+        assert reflection_state(rounds[2]) == kind and rounds[2]["loglik_gap"] == 0.72
+        assert all(rounds[2][key] == value for key, value in extra[kind].items())
+        lines = format_round_table(summary).splitlines()
+        at = lines[0].split().index("ref_loss")
+        assert lines[0].split()[at + 1:at + 4] == headers, kind
+        assert lines[3].split()[at:at + 4] == ["0.300", *cells], kind
+        assert "no pairs" in lines[2]
+        assert write_report(tmp_path / kind, summary).stat().st_size > 10_000
