@@ -108,7 +108,7 @@ def total_loss(lm: torch.Tensor, ref: torch.Tensor, weight: float) -> torch.Tens
 # mistakes on sequence likelihoods (METHOD.md "beyond the paper"): ℓ̄(y) = the mean token log-likelihood of a target
 # (rationale, answer line, eos) given the prefix; t the teacher's rationale (chosen), m the student's wrong one.
 
-DPOP_PENALTY = 50.0  # λ_p of DPO-Positive: the value arXiv 2402.13228 trains its models with (and PaddleNLP's default)
+DPOP_PENALTY = 50.0  # λ_p of DPO-Positive: the paper's (arXiv 2402.13228); also PaddlePaddle's DPO dpop_lambda default
 
 
 def target_tokens(target_mask: torch.Tensor) -> torch.Tensor:
