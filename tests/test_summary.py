@@ -61,12 +61,14 @@ def test_ranking_rounds_show_trls_reward_margin_and_accuracy(tmp_path: Path):
 
 
 def test_teacher_rejections_by_reason_per_round(tmp_path: Path):
-    """Accepted / rejected for a wrong answer / rejected for a false step, per round, in summary.json and the
-    table; a manifest from before the steps gate (teacher_rejected alone) reads as answer rejections."""
+    """Accepted / rejected for a wrong answer / a false step / talk about the feedback prompt / truncation, per
+    round, in summary.json and the table; a manifest from before the steps gate (teacher_rejected alone) reads as
+    answer rejections, and none for the reasons it did not count."""
     rd = RunDir.create_or_resume(tmp_path / "run", load_config(REPO / "configs/demo.yaml"))
     rd.record(0, "eval", {"accuracy": 0.05}, 1.0)
     rd.record(1, "teacher", {"teacher_accepted": 20, "teacher_rejected": 12, "teacher_rejected_answer": 9,
-                             "teacher_rejected_steps": 3}, 1.0)
+                             "teacher_rejected_steps": 3, "teacher_rejected_feedback": 2,
+                             "teacher_rejected_truncated": 1}, 1.0)
     rd.record(1, "eval", {"accuracy": 0.3}, 1.0)
     rd.record(2, "teacher", {"teacher_accepted": 5, "teacher_rejected": 4}, 1.0)  # an older run's metrics
     rd.record(2, "eval", {"accuracy": 0.35}, 1.0)
@@ -74,10 +76,15 @@ def test_teacher_rejections_by_reason_per_round(tmp_path: Path):
     rounds = {r["round"]: r for r in summary["rounds"]}
     assert [rounds[k]["teacher_rejected_answer"] for k in (0, 1, 2)] == [None, 9, 4]
     assert [rounds[k]["teacher_rejected_steps"] for k in (0, 1, 2)] == [None, 3, 0]
+    assert [rounds[k]["teacher_rejected_feedback"] for k in (0, 1, 2)] == [None, 2, 0]
+    assert [rounds[k]["teacher_rejected_truncated"] for k in (0, 1, 2)] == [None, 1, 0]
+    rd.write_summary(summary)
+    assert json.loads((tmp_path / "run/summary.json").read_text())["rounds"][1]["teacher_rejected_feedback"] == 2
     lines = format_round_table(summary).splitlines()
     at = lines[0].split().index("t_acc")
-    assert lines[0].split()[at:at + 3] == ["t_acc", "t_rej_a", "t_rej_s"]
-    assert lines[2].split()[at:at + 3] == ["20", "9", "3"] and lines[3].split()[at:at + 3] == ["5", "4", "0"]
+    assert lines[0].split()[at:at + 5] == ["t_acc", "t_rej_a", "t_rej_s", "t_rej_f", "t_rej_t"]
+    assert lines[2].split()[at:at + 5] == ["20", "9", "3", "2", "1"]
+    assert lines[3].split()[at:at + 5] == ["5", "4", "0", "0", "0"]
     assert write_report(tmp_path / "run", summary).stat().st_size > 10_000
 
 

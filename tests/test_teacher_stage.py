@@ -171,6 +171,54 @@ def test_killed_run_resumes_with_only_the_missing_requests(ray_cluster, tmp_path
         assert holding()["completions"] == answered and holding()["held"] == 2
 
 
+def test_feedback_talk_and_truncation_are_rejected_by_reason_end_to_end(ray_cluster, tmp_path):
+    """Through the real server (injecting right answers that talk about the student, half of them inside a step,
+    and answers cut off with finish_reason "length") and the real stage: a removable sentence is cleaned and the
+    rationale accepted, a reference inside a step is rejected as `refers_to_feedback`, a cut-off answer as
+    `truncated`, each counted beside the other reasons; the ledger keeps the finish reason for a rerun, and an
+    entry recorded without one (before finish reasons were kept) reads as finished."""
+    import sqlite3
+
+    from rbyr_ray.tasks.grading import extract_teacher_answer
+
+    records = RECORDS[:20]
+    mistakes = {r.id: ["1 + 1 = 2.\nAnswer: 2"] for r in records}
+    cfg = TeacherConfig(samples=2, concurrency=8, **FAST_RETRY)
+    ledger_path = tmp_path / "ledger.sqlite"
+    faults = ["--feedback-talk-rate", "0.5", "--truncate-rate", "0.25"]
+    with LocalTeacherServer("solver", TASK, seed=3, extra_args=faults) as url:
+        result = annotate(records, cfg, answer_type="numeric", base_url=url, ledger_path=ledger_path,
+                          out_path=tmp_path, mistakes=mistakes)
+        stats = _server_handle(url)()
+        rows = pd.read_parquet(tmp_path / "teacher.parquet")
+        assert (rows["kind"] == "feedback").all() and len(rows) == 40 and result.failed == 0
+        assert stats["feedback_talk"] >= 3 and stats["feedback_talk_in_step"] >= 3 and stats["truncated"] >= 3
+        assert result.rejected_feedback == stats["feedback_talk_in_step"]
+        assert result.rejected_truncated == stats["truncated"] == (rows["finish_reason"] == "length").sum()
+        assert result.rejected_answer == result.rejected_steps == 0
+        assert result.accepted == 40 - stats["feedback_talk_in_step"] - stats["truncated"]
+        assert (rows.loc[rows["finish_reason"] != "length", "finish_reason"] == "stop").all()
+        # The cleaned ones: accepted, with exactly the rationale of the same answer without the talk.
+        talked = rows[rows["text"].str.startswith("The student's solution is wrong")]
+        assert len(talked) == stats["feedback_talk"] and talked["accepted"].all()
+        for text, rationale in zip(talked["text"], talked["rationale"]):
+            assert rationale == extract_teacher_answer("numeric", text.split("\n", 1)[1]).rationale
+        assert not rows.loc[rows["accepted"], "rationale"].str.contains("student").any()
+        in_step = rows[rows["reject_reason"] == "refers_to_feedback"]
+        assert in_step["text"].str.startswith("Unlike the student's solution, ").all()
+
+        again = annotate(records, cfg, answer_type="numeric", base_url=url, ledger_path=ledger_path, out_path=None,
+                         mistakes=mistakes)
+        assert again.requests_sent == 0 and again.ledger_hits == 40
+        assert (again.rejected_truncated, again.rejected_feedback, again.accepted) == \
+            (result.rejected_truncated, result.rejected_feedback, result.accepted)
+    with sqlite3.connect(ledger_path) as db:  # as a ledger written before finish reasons were stored
+        db.execute("UPDATE samples SET finish_reason = NULL")
+    old = annotate(records, cfg, answer_type="numeric", base_url="http://127.0.0.1:9/v1", ledger_path=ledger_path,
+                   out_path=None, mistakes=mistakes)
+    assert old.requests_sent == 0 and old.rejected_truncated == 0 and old.rows["finish_reason"].isna().all()
+
+
 def _server_handle(url: str):
     import urllib.request
 

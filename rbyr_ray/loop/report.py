@@ -34,9 +34,12 @@ def write_report(run_dir: Path, summary: dict, weak: pd.DataFrame | None = None)
     ax.set(title="test accuracy", xlabel="round", ylim=(0, 1))
     ax.legend(fontsize=8)
     ax = axes[1]
-    # The share of the rationales obtained that were accepted, rejected for the answer, rejected for a false step.
+    # The share of the rationales obtained that were accepted, and rejected for the answer, a false step, talk about
+    # the feedback prompt, or being cut off.
     parts = [("teacher_accepted", "accepted", "tab:green"), ("teacher_rejected_answer", "wrong answer", "tab:red"),
-             ("teacher_rejected_steps", "false step", "tab:orange")]
+             ("teacher_rejected_steps", "false step", "tab:orange"),
+             ("teacher_rejected_feedback", "refers to feedback", "tab:purple"),
+             ("teacher_rejected_truncated", "truncated", "tab:gray")]
     totals = [max(1, sum(r.get(key) or 0 for key, _, _ in parts)) for r in rounds]
     bottom = [0.0] * len(rounds)
     for key, label, color in parts:

@@ -206,7 +206,9 @@ class _StageRunner:
             return {"questions": len(questions), "teacher_requests": result.requests_sent,
                     "teacher_ledger_hits": result.ledger_hits, "teacher_accepted": result.accepted,
                     "teacher_rejected": result.rejected, "teacher_rejected_answer": result.rejected_answer,
-                    "teacher_rejected_steps": result.rejected_steps, "teacher_failed": result.failed,
+                    "teacher_rejected_steps": result.rejected_steps,
+                    "teacher_rejected_feedback": result.rejected_feedback,
+                    "teacher_rejected_truncated": result.rejected_truncated, "teacher_failed": result.failed,
                     "teacher_tokens": result.tokens, "teacher_cost_usd": result.cost_usd}
         return self._run(k, "teacher", go)
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 from .rundir import RunDir
 
 ROUND_FIELDS = ["test_accuracy", "exam_accuracy", "mistake_questions", "teacher_requests", "teacher_ledger_hits",
-                "teacher_accepted", "teacher_rejected_answer", "teacher_rejected_steps", "lm_loss", "reflection_loss"]
+                "teacher_accepted", "teacher_rejected_answer", "teacher_rejected_steps", "teacher_rejected_feedback",
+                "teacher_rejected_truncated", "lm_loss", "reflection_loss"]
 # The reflection loss's learning signal over the last epoch (None where it acted on no item): the triplet's gap
 # Δ = cos(a,p) - cos(a,n) and its fraction of active hinges; ranking's TRL rewards/margins and rewards/accuracies.
 # hinge, redi, dpop: the mean token log-likelihoods ℓ̄(t), ℓ̄(m), their gap, the active hinges, dpop's penalty term.
@@ -54,6 +55,10 @@ def build_summary(rd: RunDir) -> dict:
             # rejected only for the answer.
             "teacher_rejected_answer": teacher.get("teacher_rejected_answer", teacher.get("teacher_rejected")),
             "teacher_rejected_steps": teacher.get("teacher_rejected_steps", 0 if teacher else None),
+            # Right answers that refer to the student, the hint or the previous attempt, and answers cut off at
+            # max_tokens (issue 23); runs from before counted neither.
+            "teacher_rejected_feedback": teacher.get("teacher_rejected_feedback", 0 if teacher else None),
+            "teacher_rejected_truncated": teacher.get("teacher_rejected_truncated", 0 if teacher else None),
             "lm_loss": train.get("lm_loss"),
             "reflection_loss": train.get("reflection_loss"),
             **{key: train.get(key) for key in SIGNAL_FIELDS},
@@ -88,7 +93,8 @@ def format_round_table(summary: dict) -> str:
     # (ranking), the mean token log-likelihoods (hinge, redi, dpop).
     kind = next((state for r in summary["rounds"] if (state := reflection_state(r)) in TABLE_SIGNALS), "triplet")
     signal = [field for _, field in TABLE_SIGNALS[kind]]
-    headers = ["round", "test_acc", "exam_acc", "mistakes", "t_req", "t_hits", "t_acc", "t_rej_a", "t_rej_s", "lm_loss", "ref_loss",
+    headers = ["round", "test_acc", "exam_acc", "mistakes", "t_req", "t_hits", "t_acc", "t_rej_a", "t_rej_s", "t_rej_f",
+               "t_rej_t", "lm_loss", "ref_loss",
                *(header for header, _ in TABLE_SIGNALS[kind]), "wall_s"]
     widths = [9] * len(headers)
     widths[headers.index("ref_loss")] = 11  # room for "no triplets"

@@ -7,11 +7,25 @@
 
 Cue order: the first `Answer:` wins (the format every prompt asks for); without one, the last
 "the answer is" (a model that corrects itself says it again at the end).
+
+Students and teachers are read differently. A student stops at a blank line, so `extract_answer` reads only its
+first block. A teacher (a real LLM) writes paragraphs, LaTeX and markdown, so `extract_teacher_answer` reads the
+whole text and takes the answer it states last, by this precedence:
+
+1. the last `Answer:` cue that states an answer (`Final Answer:`, `**Answer: 96**`, `\\[ \\text{Answer: } 96 \\]`;
+   "Final answer: Answer: 9" states 9; an empty `Answer:` line is read on its next non-empty line);
+2. else the last `\\boxed{...}`;
+3. else the last "the (final/correct) answer is ...";
+4. else the last number (yes/no: the last yes or no; choice: the last "(x)").
+
+A stated "X = 12" or "57 + 39 = 96" states what follows the last "=". The reasoning kept is the text before
+that statement, with markup folded away (see `plain_text`).
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from fractions import Fraction
 
 from .records import AnswerType
@@ -159,3 +173,172 @@ def answers_match(answer_type: AnswerType, predicted: str | None, gold: str) -> 
 def grade(answer_type: AnswerType, text: str, gold: str, choices: tuple[str, ...] | list[str] = ()) -> bool:
     """True when the final answer extracted from `text` equals the gold answer."""
     return answers_match(answer_type, extract_answer(answer_type, text, choices), gold)
+
+
+# ------------------------------------------------------------------------------------------- teachers
+
+_FENCE = re.compile(r"^[ \t]*```[\w+-]*[ \t]*$", re.MULTILINE)
+_LATEX_DELIMITERS = re.compile(r"\\\[|\\\]|\\\(|\\\)|\$\$")
+_LATEX_WRAPPERS = re.compile(r"\\(?:text|textbf|textit|mathrm|mathbf|mbox|operatorname)\s*\{([^{}]*)\}")
+_LATEX_FRACTION = re.compile(r"\\[dt]?frac\s*\{([^{}]*)\}\s*\{([^{}]*)\}")
+_LATEX_SYMBOLS = {r"\times": "×", r"\cdot": "·", r"\div": "÷", r"\$": "$", r"\%": "%", r"\,": " ", r"\;": " ",
+                  r"\!": "", r"\quad": " ", r"\qquad": " ", r"\left": "", r"\right": "", "{,}": ","}
+_LATEX_SYMBOL = re.compile("|".join(re.escape(k) + (r"(?![a-zA-Z])" if k[-1].isalpha() else "")
+                                    for k in sorted(_LATEX_SYMBOLS, key=len, reverse=True)))
+_EMPHASIS = re.compile(r"\*\*|__|(?<![\w*])\*(?=[^\s*])([^*\n]*?[^\s*])\*(?![\w*])|`")
+_HEADING = re.compile(r"^[ \t]*#{1,6}[ \t]+", re.MULTILINE)
+_BOXED = re.compile(r"\\boxed\s*\{")
+_TEACHER_ANSWER_LINE = re.compile(r"\b(?:the\s+)?(?:final\s+)?answer\s*:", re.IGNORECASE)
+_TEACHER_ANSWER_IS = re.compile(
+    r"\b(?:the\s+)?(?:final\s+|correct\s+)?answer\s+(?:is|would be|will be|should be)\b\s*:?", re.IGNORECASE)
+# What is left at the end of the reasoning once the answer statement is cut off: "Therefore, the final answer is".
+_DANGLING = re.compile(
+    r"(?:[\s,;:=\-–—$]+|\b(?:so|thus|therefore|hence|then|and)|"
+    r"\b(?:the\s+)?(?:final\s+|correct\s+)?answer(?:\s+(?:is|would be|will be|should be))?)$", re.IGNORECASE)
+
+
+def plain_text(text: str) -> str:
+    """A model's markup folded away, lines kept: code fences, LaTeX delimiters (`\\[ \\]`, `\\( \\)`, `$$`),
+    `\\text{..}`-like wrappers, `\\frac{a}{b}` (to a/b), `\\times`/`\\cdot`/`\\div` (to × · ÷), markdown emphasis and
+    heading marks. `\\boxed{..}` stays (it marks a stated answer).
+
+    >>> plain_text("**Step 1:** \\\\( 57 \\\\times 2 = 114 \\\\)")
+    'Step 1: 57 × 2 = 114'
+    """
+    text = _FENCE.sub("", text)
+    text = _LATEX_DELIMITERS.sub(" ", text)
+    for _ in range(3):  # nested wrappers: \text{\textbf{96}}
+        text = _LATEX_WRAPPERS.sub(r"\1", text)
+    text = _LATEX_FRACTION.sub(lambda m: _fraction(m.group(1), m.group(2)), text)
+    text = _LATEX_SYMBOL.sub(lambda m: _LATEX_SYMBOLS[m.group(0)], text)
+    text = _EMPHASIS.sub(lambda m: m.group(1) or "", text)
+    text = _HEADING.sub("", text)
+    return "\n".join(re.sub(r"[ \t]+", " ", line).strip() for line in text.split("\n"))
+
+
+def _fraction(num: str, den: str) -> str:
+    num, den = num.strip(), den.strip()
+    simple = re.compile(r"[\w.]+")
+    return (num if simple.fullmatch(num) else f"({num})") + "/" + (den if simple.fullmatch(den) else f"({den})")
+
+
+def _boxes(text: str) -> list[tuple[int, int, str]]:
+    """(start, end, content) of every `\\boxed{...}`, braces balanced."""
+    out = []
+    for match in _BOXED.finditer(text):
+        depth, i = 1, match.end()
+        while i < len(text) and depth:
+            depth += {"{": 1, "}": -1}.get(text[i], 0)
+            i += 1
+        if depth == 0:
+            out.append((match.start(), i, text[match.end():i - 1]))
+    return out
+
+
+def _stated(answer_type: AnswerType, text: str, choices: tuple[str, ...] | list[str]) -> str | None:
+    """The answer a statement gives right at its start ("96 apples.", "x = 12", "(b) refrigerator", "Yes.")."""
+    text = text.replace("\\boxed", "").replace("{", " ").replace("}", " ").strip()
+    if answer_type == "numeric":
+        if "=" in text:  # "X = 12", "57 + 39 = 96": the result follows the last "="
+            text = text.rsplit("=", 1)[1]
+        match = _NUMBER.search(text)
+        return format_number(_to_fraction(match)) if match else None
+    if answer_type == "yesno":
+        match = _YESNO_AFTER_CUE.match(text) or _YESNO.search(text)
+        return {"true": "yes", "false": "no"}.get(match.group(1).lower(), match.group(1).lower()) if match else None
+    if answer_type == "choice":
+        match = _BARE_LETTER.match(text) or _PAREN_LETTER.search(text)
+        if match:
+            return match.group(1).lower()
+        words = text.lower()
+        for letter, choice in zip("abcde", choices):
+            choice = choice.strip().lower()
+            if choice and words.startswith((choice, f"{letter} {choice}")):
+                return letter
+        return None
+    from .graders import extract_other  # `text` and user graders (task files): the statement's first line
+
+    line = text.split("\n", 1)[0].strip()
+    return extract_other(answer_type, f"Answer: {line}") if line else None
+
+
+def _line_after(text: str, pos: int) -> str:
+    """The rest of the line from `pos`; when that is blank, the next non-empty line ("Answer:\\n96")."""
+    line, _, rest = text[pos:].partition("\n")
+    if line.strip():
+        return line
+    return next((other for other in rest.split("\n") if other.strip()), "")
+
+
+def _reasoning_before(text: str, pos: int) -> str:
+    """The text before `pos` without a dangling lead-in ("Therefore, the final answer is")."""
+    head = text[:pos]
+    while (match := _DANGLING.search(head)) and match.group(0):
+        head = head[:match.start()]
+    return head.strip()
+
+
+@dataclass(frozen=True)
+class TeacherAnswer:
+    """A teacher's final answer (None: none stated), the rule that found it, and the reasoning before it
+    (markup folded away, lines kept; `rationale` is that reasoning on one line, as the student is trained on)."""
+
+    answer: str | None
+    reasoning: str
+    rule: str | None  # "answer_line", "boxed", "answer_is", "last" (the last number / yes-no / letter)
+
+    @property
+    def rationale(self) -> str:
+        from .prompts import fold_rationale
+
+        return fold_rationale(self.reasoning)
+
+
+def extract_teacher_answer(answer_type: AnswerType, text: str | None,
+                           choices: tuple[str, ...] | list[str] = ()) -> TeacherAnswer:
+    """Read a teacher's whole answer: its final answer, by the precedence of the module docstring, and the
+    reasoning before it.
+
+    >>> r = extract_teacher_answer("numeric", "Initial apples = 37.\\n\\n37 + 59 = 96\\n\\n**Answer: 96**")
+    >>> r.answer, r.rule, r.rationale
+    ('96', 'answer_line', 'Initial apples = 37. 37 + 59 = 96')
+    """
+    if answer_type not in ("numeric", "yesno", "choice"):
+        from .graders import extract_other
+
+        extract_other(answer_type, "")  # an unknown answer type is an error, whatever the text
+    plain = plain_text(text or "")
+    for cue in reversed(list(_TEACHER_ANSWER_LINE.finditer(plain))):
+        answer = _stated(answer_type, _line_after(plain, cue.end()), choices)
+        if answer is not None:
+            return TeacherAnswer(answer, _reasoning_before(plain, cue.start()), "answer_line")
+    for start, end, content in reversed(_boxes(plain)):
+        answer = _stated(answer_type, plain_text(content), choices)
+        if answer is None:
+            continue
+        line_start = plain.rfind("\n", 0, start) + 1
+        if _reasoning_before(plain[line_start:start], start - line_start):
+            # The box ends a sentence of reasoning ("57 + 39 = \\boxed{96}"): kept, unboxed.
+            reasoning = plain[:start] + plain_text(content).strip()
+        else:  # a line that only states the answer ("The final answer is \\boxed{96}")
+            reasoning = _reasoning_before(plain, line_start)
+        return TeacherAnswer(answer, reasoning.strip(), "boxed")
+    for cue in reversed(list(_TEACHER_ANSWER_IS.finditer(plain))):
+        answer = _stated(answer_type, _line_after(plain, cue.end()), choices)
+        if answer is not None:
+            return TeacherAnswer(answer, _reasoning_before(plain, cue.start()), "answer_is")
+    if answer_type == "numeric":
+        values = (_to_fraction(m) for m in reversed(list(_NUMBER.finditer(plain))))
+        last = format_number(next((v for v in values if v is not None), None))
+    elif answer_type == "yesno":
+        found = _YESNO.findall(plain)
+        last = found[-1].lower() if found else None
+    elif answer_type == "choice":
+        found = _PAREN_LETTER.findall(plain)
+        last = found[-1].lower() if found else None
+    else:  # `text` and user graders: the last non-empty line states the answer
+        lines = plain.rstrip().rsplit("\n", 1)
+        last = _stated(answer_type, lines[-1], choices)
+        if last is not None:
+            return TeacherAnswer(last, _reasoning_before(plain, len(lines[0]) if len(lines) > 1 else 0), "last")
+    return TeacherAnswer(last, _reasoning_before(plain, len(plain)), "last" if last is not None else None)

@@ -121,20 +121,67 @@ def teacher_cot_messages(record: Record, answer_type: str | None = None, few_sho
 
 def teacher_feedback_messages(record: Record, wrong_rationale: str, answer_type: str | None = None,
                               use_hint: bool = True) -> list[dict]:
-    """Rounds >= 2: show the student's wrong rationale and (with the hint) the correct answer."""
+    """Rounds >= 2: show the student's wrong rationale and (with the hint) the correct answer, and ask for a
+    solution written for the question alone: the student is trained on it and never sees the attempt or the hint
+    (what still refers to them is cleaned or rejected: `remove_feedback_talk`)."""
     kind = _answer_type(record, answer_type)
     hint = f"Hint: the correct answer is {_answer_text(record)}.\n" if use_hint else ""
     content = (
         question_block(record)
         + f"Student's solution: {fold_rationale(wrong_rationale)}\n"
         + "The student's solution is wrong. " + hint
-        + "Write a correct step-by-step solution that avoids the student's error, "
-        + "and end with the line 'Answer: X'."
+        + "Write a correct step-by-step solution to the question, avoiding the student's error. Write it for the "
+        + "question alone, as a textbook would: do not mention the student, the student's solution, its error"
+        + (" or the hint" if use_hint else "") + ". End with the line 'Answer: X'."
     )
     return [
         {"role": "system", "content": TEACHER_SYSTEM.format(answer_form=ANSWER_FORMS[kind])},
         {"role": "user", "content": content},
     ]
+
+
+# A rationale that talks about the feedback prompt rather than the question (issue 23): the student is trained
+# on it and never sees a student, a hint or a previous attempt. A pattern that the question itself matches ("A
+# student reads 12 pages") is not a reference.
+FEEDBACK_TALK = [re.compile(p, re.IGNORECASE) for p in (
+    r"\bstudents?(?:'s|')?(?!\w)",
+    r"\bhint(?:s|ed)?\b",
+    (r"\b(?:previous|initial|original|earlier|prior|given|provided|above|first|incorrect|wrong|flawed|your)\s+"
+     r"(?:solution|attempt|answer|approach|reasoning|work|calculation|response)s?\b"),
+    r"\bcorrect answer (?:should|must|would) be\b",
+    r"\bavoid(?:s|ing|ed)?\b[^.\n]*\b(?:error|mistake)s?\b",
+    r"\b(?:the|this|that|their|his|her|same)\s+(?:error|mistake)s?\b",
+    r"\b(?:mistakenly|incorrectly|erroneously|corrected)\b",
+)]
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=\S)")
+
+
+def remove_feedback_talk(reasoning: str, question: str = "") -> tuple[str, list[str]]:
+    """(the reasoning without the sentences that refer to the feedback prompt, the references left in it).
+
+    A sentence that refers to the student, the hint or the previous attempt is removed when it carries no step
+    (no "="): "Given the hint, the correct answer should be 11." A reference inside a step ("Unlike the student,
+    47 + 32 = 79.") cannot be removed without the step: it is returned, and the caller rejects the rationale
+    (`refers_to_feedback`). Lines are kept (the step checker reads them).
+
+    >>> remove_feedback_talk("The student's solution is wrong.\\n47 + 32 = 79. So 79 in all.")
+    ('47 + 32 = 79. So 79 in all.', [])
+    >>> remove_feedback_talk("Unlike the student, 47 + 32 = 79.")[1]
+    ['Unlike the student, 47 + 32 = 79.']
+    """
+    talk = [p for p in FEEDBACK_TALK if not p.search(question)]
+    kept_lines, left = [], []
+    for line in reasoning.split("\n"):
+        kept = []
+        for sentence in _SENTENCE_END.split(line):
+            if not any(p.search(sentence) for p in talk):
+                kept.append(sentence)
+            elif "=" in sentence:
+                kept.append(sentence)
+                left.append(sentence.strip())
+        if kept or not line.strip():
+            kept_lines.append(" ".join(kept))
+    return re.sub(r"\n{3,}", "\n\n", "\n".join(kept_lines)).strip(), left
 
 
 def question_from_messages(messages: list[dict]) -> tuple[str, tuple[str, ...]] | None:

@@ -33,6 +33,9 @@ class SampleOutcome:
     texts: dict[int, str] = field(default_factory=dict)   # every sample obtained, by sample index
     cached: set[int] = field(default_factory=set)         # those found in the ledger (not sent by us)
     errors: dict[int, str] = field(default_factory=dict)  # samples not obtained: the final error
+    # The server's finish reason per sample obtained ("stop", "length"); None where it gave none (and for ledger
+    # entries recorded without one).
+    finish_reasons: dict[int, str | None] = field(default_factory=dict)
     http_requests: int = 0                                # POSTs we sent, retries included
     tokens: int = 0                                       # spent by our completed calls
     cost_usd: float = 0.0
@@ -83,6 +86,7 @@ class CachedTeacher:
             for i in pending:
                 if keys[i] in found:
                     out.texts[i] = found[keys[i]].text
+                    out.finish_reasons[i] = found[keys[i]].finish_reason
                     out.cached.add(i)
             pending = [i for i in pending if i not in out.texts]
             if not pending:
@@ -125,8 +129,9 @@ class CachedTeacher:
                     samples=[(i, keys[i], text, result.finish_reasons[j]) for j, (i, text) in enumerate(got)]))
                 out.tokens += result.prompt_tokens + result.completion_tokens
                 out.cost_usd += cost
-                for i, text in got:
+                for j, (i, text) in enumerate(got):
                     out.texts[i] = text
+                    out.finish_reasons[i] = result.finish_reasons[j]
                 todo = todo[len(got):]
         except BudgetExceeded as exc:
             for i in todo:

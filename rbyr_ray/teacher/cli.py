@@ -38,6 +38,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--garbage-rate", type=float, default=0.0, help="fraction of choices that are unparseable")
     s.add_argument("--false-step-rate", type=float, default=0.0,
                    help="fraction of choices with the right answer after one false intermediate step")
+    s.add_argument("--feedback-talk-rate", type=float, default=0.0,
+                   help="fraction of choices to feedback prompts whose right answer talks about the student")
+    s.add_argument("--truncate-rate", type=float, default=0.0,
+                   help="fraction of choices cut off in the middle (finish_reason 'length')")
     s.add_argument("--seed", type=int, default=None)
     s.add_argument("--ignore-n", action="store_true", help="answer one choice whatever n asks (as some servers do)")
     s.add_argument("--hold-after", type=int, default=None, metavar="N",
@@ -80,13 +84,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.data_dir:
         task_data["data_dir"] = args.data_dir
     task_cfg = TaskConfig.model_validate(task_data)
-    for name in ("error_rate", "rate_limit_rate", "wrong_rate", "garbage_rate", "false_step_rate"):
+    for name in ("error_rate", "rate_limit_rate", "wrong_rate", "garbage_rate", "false_step_rate",
+                 "feedback_talk_rate", "truncate_rate"):
         if not 0.0 <= getattr(args, name) <= 1.0:
             raise ValueError(f"--{name.replace('_', '-')} must be in [0, 1]")
     if (args.error_rate + args.rate_limit_rate > 1
-            or args.wrong_rate + args.garbage_rate + args.false_step_rate > 1):
+            or args.wrong_rate + args.garbage_rate + args.false_step_rate + args.feedback_talk_rate
+            + args.truncate_rate > 1):
         raise ValueError("--error-rate + --rate-limit-rate and --wrong-rate + --garbage-rate + --false-step-rate "
-                         "must each be <= 1")
+                         "+ --feedback-talk-rate + --truncate-rate must each be <= 1")
     api_key = args.api_key
     if args.api_key_env:
         api_key = os.environ.get(args.api_key_env)
@@ -94,7 +100,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             raise ValueError(f"--api-key-env {args.api_key_env}: the variable is not set")
     backend = build_backend(args.backend, task_cfg, args.model_path)
     faults = Faults(args.latency_ms, args.error_rate, args.rate_limit_rate, args.wrong_rate, args.garbage_rate,
-                    args.false_step_rate)
+                    args.false_step_rate, args.feedback_talk_rate, args.truncate_rate)
     app = make_app(backend, model=args.model, faults=faults, api_key=api_key, seed=args.seed,
                    ignore_n=args.ignore_n, hold_after=args.hold_after)
     if args.host not in ("127.0.0.1", "localhost", "::1"):

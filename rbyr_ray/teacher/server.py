@@ -9,7 +9,10 @@ backed by the `solver` or `reference` backend, with fault injection for robustne
 Per request, after the added latency (an `asyncio.sleep`, so it never blocks other requests): with
 probability error_rate an HTTP 500, else rate_limit_rate an HTTP 429; otherwise each of the n choices is,
 independently, a wrong answer (wrong_rate), unparseable text (garbage_rate), the right answer after one false
-step (false_step_rate) or the backend's correct one.
+step (false_step_rate), the correct answer talking about the feedback prompt (feedback_talk_rate; feedback
+prompts only: half of them a removable sentence about the student, half a reference inside the first step where
+it has one), the correct answer cut off in the middle with finish_reason "length" (truncate_rate), or the
+backend's correct one.
 `GET /stats` counts what the server did (injected faults included), so tests can check what actually arrived.
 """
 
@@ -47,6 +50,8 @@ class Faults:
     wrong_rate: float = 0.0
     garbage_rate: float = 0.0
     false_step_rate: float = 0.0
+    feedback_talk_rate: float = 0.0
+    truncate_rate: float = 0.0
 
     @classmethod
     def from_config(cls, cfg: TeacherConfig) -> Faults:
@@ -66,6 +71,10 @@ class ServerStats:
     wrong: int = 0          # choices with an injected wrong answer
     garbage: int = 0        # unparseable choices
     false_steps: int = 0    # choices with the right answer after an injected false step
+    feedback_talk: int = 0          # right answers with an added sentence about the student (removable)
+    feedback_talk_in_step: int = 0  # right answers with a reference to the student inside a step (not removable)
+    truncated: int = 0      # choices cut off, finish_reason "length"
+    keyed: int = 0          # requests that carried an Authorization header
     started_at: float = field(default_factory=time.time)
 
 
@@ -111,6 +120,8 @@ def make_app(backend: Backend, *, model: str = "rbyr-local-teacher", faults: Fau
     async def completions(request: web.Request) -> web.Response:
         nonlocal admitted
         stats.requests += 1
+        if "Authorization" in request.headers:
+            stats.keyed += 1
         if not authorized(request):
             stats.unauthorized += 1
             return error(401, "invalid or missing API key", "invalid_request_error")
@@ -142,19 +153,32 @@ def make_app(backend: Backend, *, model: str = "rbyr-local-teacher", faults: Fau
         if request_log is not None:  # tests count what was sent, across server restarts
             with open(request_log, "a") as fh:  # noqa: ASYNC230 - one tiny line, test runs only
                 fh.write(json.dumps({"hash": f"{offset:08x}", "n": n}) + "\n")
-        texts = []
+        texts, finish = [], []
+        feedback = "Student's solution:" in str(messages[-1].get("content", "")) if messages else False
         for i in range(n):
             roll = rng.random()
             bad = faults.wrong_rate + faults.garbage_rate
+            slips = bad + faults.false_step_rate
+            finish.append("stop")
             if roll < faults.wrong_rate:
                 stats.wrong += 1
                 texts.append(backend.wrong(messages, rng))
             elif roll < bad:
                 stats.garbage += 1
                 texts.append(garbage(rng))
-            elif roll < bad + faults.false_step_rate and (slipped := backend.false_step(messages, rng)) is not None:
+            elif roll < slips and (slipped := backend.false_step(messages, rng)) is not None:
                 stats.false_steps += 1
                 texts.append(slipped)
+            elif roll < slips + faults.feedback_talk_rate and feedback:
+                text, in_step = _talk_about_feedback(backend.answer(messages, offset + i), rng)
+                stats.feedback_talk_in_step += in_step
+                stats.feedback_talk += not in_step
+                texts.append(text)
+            elif roll < slips + faults.feedback_talk_rate + faults.truncate_rate:
+                stats.truncated += 1
+                full = backend.answer(messages, offset + i)
+                texts.append(full[: len(full) // 2])
+                finish[-1] = "length"
             elif batcher is not None:
                 texts.append(batcher.submit(messages, offset + i))
             else:
@@ -170,8 +194,8 @@ def make_app(backend: Backend, *, model: str = "rbyr-local-teacher", faults: Fau
             "object": "chat.completion",
             "created": int(time.time()),
             "model": body.get("model") or model,
-            "choices": [{"index": i, "message": {"role": "assistant", "content": t}, "finish_reason": "stop"}
-                        for i, t in enumerate(texts)],
+            "choices": [{"index": i, "message": {"role": "assistant", "content": t}, "finish_reason": f}
+                        for i, (t, f) in enumerate(zip(texts, finish))],
             "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                       "total_tokens": prompt_tokens + completion_tokens},
         })
@@ -185,6 +209,16 @@ def make_app(backend: Backend, *, model: str = "rbyr-local-teacher", faults: Fau
     app.router.add_get("/stats", stats_view)
     app.router.add_get("/health", lambda request: web.json_response({"ok": True}))
     return app
+
+
+def _talk_about_feedback(text: str, rng: random.Random) -> tuple[str, bool]:
+    """A correct answer that talks about the feedback prompt, as real LLM teachers do: (text, whether the
+    reference sits inside a step, where cleaning cannot remove it). Half the time, and only where the first line
+    has a step ("="), the reference is inside it; else a sentence of its own."""
+    first, sep, rest = text.partition("\n")
+    if "=" in first and rng.random() < 0.5:
+        return f"Unlike the student's solution, {first}{sep}{rest}", True
+    return f"The student's solution is wrong: it made an error.\n{text}", False
 
 
 class _Batcher:

@@ -13,11 +13,18 @@ Each question asks for k = cfg.samples samples (indices 0..k-1); with cfg.reask 
 accepted rationale is asked again for samples k..2k-1, and so on, up to m times. A question whose requests
 failed for good appears with its error in the `error` column: never silently dropped.
 
+A teacher's answer is read whole (`grading.extract_teacher_answer`): its final answer is the one it states last,
+and the rationale kept (`rationale`, one line) is the reasoning before that statement, markup folded away. A
+feedback answer's sentences about the student, the hint or the previous attempt are removed
+(`prompts.remove_feedback_talk`); the full text stays in `text`, the server's finish reason in `finish_reason`.
+
 The gate (`resolve_gate`): `answer` accepts a rationale whose final answer equals the gold one; `steps` also
-needs every checked step `<expression> = <number>` of the rationale (the text before its "Answer:" line) to
-be true. `reject_reason` says why a rationale was not accepted: `unparseable` (no final answer found),
-`wrong_answer`, or `false_step: 22 + 81 = 203` (all its false steps, joined by "; "). The false steps of every
-numeric rationale are recorded (`false_steps`, `steps_checked`) under either gate.
+needs every checked step `<expression> = <number>` of the rationale (the reasoning before its final answer) to
+be true. `reject_reason` says why a rationale was not accepted, in this order: `truncated` (cut off at
+max_tokens: finish reason "length"), `unparseable` (no final answer found), `wrong_answer`, `refers_to_feedback`
+(a reference to the student, the hint or the previous attempt inside a step, or nothing but such talk), or
+`false_step: 22 + 81 = 203` (all its false steps, joined by "; "). The false steps of every numeric rationale are
+recorded (`false_steps`, `steps_checked`) under either gate.
 """
 
 from __future__ import annotations
@@ -37,8 +44,12 @@ import pandas as pd
 
 from ..config import TeacherConfig
 from ..errors import RunError
-from ..tasks.grading import answers_match, extract_answer
-from ..tasks.prompts import strip_answer_line
+from ..tasks.grading import answers_match, extract_teacher_answer
+from ..tasks.prompts import (
+    fold_rationale,
+    remove_feedback_talk,
+    strip_answer_line,
+)
 from ..tasks.records import Record
 from ..tasks.steps import check_steps
 from ..tasks.taskfile import TaskPrompts, task_prompts
@@ -46,7 +57,7 @@ from ..tasks.taskfile import TaskPrompts, task_prompts
 log = logging.getLogger(__name__)
 
 ROW_COLUMNS = ["id", "sample", "rationale", "predicted", "accepted", "reject_reason", "false_steps", "steps_checked",
-               "error", "cached", "kind", "text", "attempt", "http_requests", "tokens", "cost_usd"]
+               "error", "cached", "kind", "text", "attempt", "http_requests", "tokens", "cost_usd", "finish_reason"]
 
 
 class TeacherFailed(RunError):
@@ -60,7 +71,7 @@ class TeacherResult:
     requests_sent: int   # HTTP requests sent by this call, retries included
     ledger_hits: int     # samples served from the ledger instead of the server
     accepted: int        # rationales that passed the gate (right final answer; under `steps`, no false step)
-    rejected: int        # rationales obtained but rejected: rejected_answer + rejected_steps
+    rejected: int        # rationales obtained but rejected: the sum of the rejected_* counts
     failed: int          # samples not obtained (retries exhausted, non-retryable error, or budget)
     tokens: int          # spent by requests this call sent
     cost_usd: float
@@ -69,12 +80,16 @@ class TeacherResult:
     budget_message: str | None = None
     rejected_answer: int = 0  # for a wrong or missing final answer
     rejected_steps: int = 0   # right final answer, but a false step (gate `steps`)
+    rejected_feedback: int = 0   # right final answer, but it refers to the student, the hint or the attempt
+    rejected_truncated: int = 0  # cut off at max_tokens
     gate: str = "answer"      # the gate applied (`auto` resolved)
 
     def summary(self) -> dict:
         """The CLI's --json line."""
         return {"questions": self.questions, "accepted": self.accepted, "rejected": self.rejected,
-                "rejected_answer": self.rejected_answer, "rejected_steps": self.rejected_steps, "gate": self.gate,
+                "rejected_answer": self.rejected_answer, "rejected_steps": self.rejected_steps,
+                "rejected_feedback": self.rejected_feedback, "rejected_truncated": self.rejected_truncated,
+                "gate": self.gate,
                 "failed": self.failed, "requests_sent": self.requests_sent, "ledger_hits": self.ledger_hits,
                 "tokens": self.tokens, "cost_usd": round(self.cost_usd, 6), "wall_s": round(self.wall_s, 3),
                 "budget_exhausted": self.budget_message is not None}
@@ -99,17 +114,25 @@ class Verdict:
     steps_checked: int
 
 
-def judge(text: str | None, predicted: str | None, gold: str, answer_type: str, gate: str) -> Verdict:
-    """The quality gate for one teacher answer (`gate` already resolved)."""
+def judge(text: str | None, predicted: str | None, gold: str, answer_type: str, gate: str, *,
+          reasoning: str | None = None, truncated: bool = False, feedback_talk: Sequence[str] = ()) -> Verdict:
+    """The quality gate for one teacher answer (`gate` already resolved). `reasoning` is the text whose steps are
+    checked (default: the text before its "Answer:" line); `truncated`: cut off at max_tokens; `feedback_talk`:
+    the references to the feedback prompt left in the reasoning."""
     if text is None:
         return Verdict(False, None, None, 0)
-    steps = check_steps(strip_answer_line(text)) if answer_type == "numeric" else None
+    reasoning = strip_answer_line(text) if reasoning is None else reasoning
+    steps = check_steps(reasoning) if answer_type == "numeric" else None
     false = "; ".join(steps.false_steps) if steps is not None else None
     checked = steps.checked if steps is not None else 0
+    if truncated:
+        return Verdict(False, "truncated", false, checked)
     if predicted is None:
         return Verdict(False, "unparseable", false, checked)
     if not answers_match(answer_type, predicted, gold):
         return Verdict(False, "wrong_answer", false, checked)
+    if feedback_talk:
+        return Verdict(False, "refers_to_feedback", false, checked)
     if gate == "steps" and false:
         return Verdict(False, f"false_step: {false}", false, checked)
     return Verdict(True, None, false, checked)
@@ -140,7 +163,8 @@ def build_requests(records: Sequence[Record], cfg: TeacherConfig, answer_type: s
             messages = task_prompts(task, answer_type).feedback_messages(record, pick, use_hint=cfg.use_hint)
             kind = "feedback"
         rows.append({"order": order, "id": record.id, "kind": kind, "messages": json.dumps(messages),
-                     "answer": record.answer, "choices": json.dumps(list(record.choices))})
+                     "answer": record.answer, "choices": json.dumps(list(record.choices)),
+                     "question": record.question})
     return rows
 
 
@@ -186,18 +210,27 @@ class TeacherUDF:
             first = True
             for i in indices:
                 text = got.texts.get(i)
-                predicted = extract_answer(self.answer_type, text, choices) if text is not None else None
-                verdict = judge(text, predicted, row["answer"], self.answer_type, self.gate)
+                reading = extract_teacher_answer(self.answer_type, text, choices)
+                reasoning, talk = reading.reasoning, []
+                if row["kind"] == "feedback" and text is not None:
+                    reasoning, talk = remove_feedback_talk(reading.reasoning, row.get("question") or "")
+                    if reading.reasoning.strip() and not reasoning.strip():
+                        talk = [reading.rationale]  # nothing but talk about the feedback
+                finish = got.finish_reasons.get(i)
+                verdict = judge(text, reading.answer, row["answer"], self.answer_type, self.gate,
+                                reasoning=reasoning, truncated=finish == "length", feedback_talk=talk)
                 out.append({
                     "order": row["order"], "id": row["id"], "sample": i,
-                    "rationale": strip_answer_line(text) if text is not None else "",
-                    "predicted": predicted, "accepted": verdict.accepted, "reject_reason": verdict.reject_reason,
+                    "rationale": fold_rationale(reasoning) if text is not None else "",
+                    "predicted": reading.answer if text is not None else None, "accepted": verdict.accepted, "reject_reason": verdict.reject_reason,
                     "false_steps": verdict.false_steps, "steps_checked": verdict.steps_checked,
                     "error": got.errors.get(i), "cached": i in got.cached, "kind": row["kind"],
                     "text": text, "attempt": attempt,
                     # Per-question accounting rides on one row so that column sums are totals.
                     "http_requests": got.http_requests if first else 0,
                     "tokens": got.tokens if first else 0, "cost_usd": got.cost_usd if first else 0.0,
+                    # The server's finish reason ("stop", "length"); None for ledger entries recorded without one.
+                    "finish_reason": finish,
                 })
                 first = False
             budget_hit = any(e.startswith("teacher budget reached") for e in got.errors.values())
@@ -320,14 +353,16 @@ def annotate(records: Sequence[Record], cfg: TeacherConfig, *, answer_type: str,
     errors = rows["error"].dropna()
     budget = next((e for e in errors if str(e).startswith("teacher budget reached")), None)
     obtained = rows["text"].notna()
-    for_steps = rows["reject_reason"].fillna("").str.startswith("false_step")
+    reasons = rows["reject_reason"].fillna("")
+    for_steps, for_talk, cut = reasons.str.startswith("false_step"), reasons == "refers_to_feedback", reasons == "truncated"
     result = TeacherResult(
         rows=rows, questions=len(requests), requests_sent=int(rows["http_requests"].sum()),
         ledger_hits=int(rows["cached"].sum()), accepted=int(rows["accepted"].sum()),
         rejected=int((obtained & ~rows["accepted"]).sum()), failed=int((~obtained).sum()),
         tokens=int(rows["tokens"].sum()), cost_usd=float(rows["cost_usd"].sum()),
         wall_s=time.monotonic() - start, budget_message=budget,
-        rejected_answer=int((obtained & ~rows["accepted"] & ~for_steps).sum()), rejected_steps=int(for_steps.sum()),
+        rejected_answer=int((obtained & ~rows["accepted"] & ~for_steps & ~for_talk & ~cut).sum()),
+        rejected_steps=int(for_steps.sum()), rejected_feedback=int(for_talk.sum()), rejected_truncated=int(cut.sum()),
         gate=resolve_gate(cfg.gate, answer_type))
     out_file = _out_file(out_path)
     if out_file is not None:
@@ -336,10 +371,10 @@ def annotate(records: Sequence[Record], cfg: TeacherConfig, *, answer_type: str,
         result.out_path = str(out_file)
     if budget:
         log.warning("%s", budget)
-    log.info("teacher: %d questions, %d accepted, %d rejected (%d for the answer, %d for a false step; gate %s), "
-             "%d failed; %d requests sent, %d ledger hits", result.questions, result.accepted, result.rejected,
-             result.rejected_answer, result.rejected_steps, result.gate, result.failed, result.requests_sent,
-             result.ledger_hits)
+    log.info("teacher: %d questions, %d accepted, %d rejected (%d for the answer, %d for a false step, %d referring "
+             "to the feedback, %d truncated; gate %s), %d failed; %d requests sent, %d ledger hits", result.questions,
+             result.accepted, result.rejected, result.rejected_answer, result.rejected_steps, result.rejected_feedback,
+             result.rejected_truncated, result.gate, result.failed, result.requests_sent, result.ledger_hits)
     reason = no_rationale_reason(result, cfg)
     if reason is not None:  # what was obtained is written above and its requests are in the ledger
         raise TeacherFailed(reason)
