@@ -219,6 +219,27 @@ def test_feedback_talk_and_truncation_are_rejected_by_reason_end_to_end(ray_clus
     assert old.requests_sent == 0 and old.rejected_truncated == 0 and old.rows["finish_reason"].isna().all()
 
 
+def test_a_keyless_loopback_endpoint_gets_no_key_and_a_remote_one_needs_it(ray_cluster, tmp_path, monkeypatch,
+                                                                            caplog):
+    import logging
+
+    monkeypatch.delenv("RBYR_TEST_UNSET_KEY", raising=False)
+    cfg = TeacherConfig(backend="openai", api_key_env="RBYR_TEST_UNSET_KEY", samples=1, **FAST_RETRY)
+    with LocalTeacherServer("solver", TASK) as url:
+        with caplog.at_level(logging.INFO, logger="rbyr_ray.teacher.stage"):
+            result = annotate(RECORDS[:4], cfg, answer_type="numeric", base_url=url,
+                              ledger_path=tmp_path / "ledger.sqlite", out_path=None)
+        stats = _server_handle(url)()
+    assert result.accepted == 4 and stats["requests"] == 4 and stats["keyed"] == 0  # no Authorization header
+    said = [r.getMessage() for r in caplog.records if "without an API key" in r.getMessage()]
+    assert len(said) == 1 and "$RBYR_TEST_UNSET_KEY is not set" in said[0] and url in said[0]
+    # Anywhere else the missing key is an error before any request (nothing would answer at this address).
+    with pytest.raises(ValueError, match=r"\$RBYR_TEST_UNSET_KEY, which is not set"):
+        annotate(RECORDS[:4], cfg, answer_type="numeric", base_url="http://192.0.2.1:9/v1",
+                 ledger_path=tmp_path / "other.sqlite", out_path=None)
+    assert not (tmp_path / "other.sqlite").exists()
+
+
 def _server_handle(url: str):
     import urllib.request
 

@@ -6,18 +6,23 @@
 Retried: HTTP 429, 5xx, 408/409, timeouts, connection errors and unreadable responses, up to
 `max_retries` times, with exponential backoff and full jitter (a server's Retry-After is honoured, capped).
 Anything else (400, 401, 404, ...) fails at once: retrying cannot fix it. The API key is read from the
-environment variable the config names when the first request is sent; it is never logged or stored.
+environment variable the config names when the first request is sent; it is never logged or stored. Without a
+key (no variable named, or it is not set) requests carry no Authorization header at all, as a keyless
+self-hosted server (llama.cpp, `vllm serve` without --api-key) expects; the teacher stage allows that only for a
+loopback endpoint (`is_loopback`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import logging
 import os
 import random
 import time
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 import aiohttp
 import httpx2 as httpx  # the HTTP library this openai release is built on
@@ -27,8 +32,9 @@ from ..config import TeacherConfig
 
 log = logging.getLogger(__name__)
 
-# Local servers (ours, vLLM, llama.cpp) need no key, but the openai client insists on one.
+# The openai client insists on a key to be built; without a real one it is never sent (see _NO_AUTH).
 DUMMY_KEY = "not-needed"
+_NO_AUTH = {"headers": {"Authorization": openai.Omit()}}  # a request with no Authorization header
 _RETRY_STATUS = {408, 409, 429}
 
 
@@ -160,6 +166,19 @@ def parse_chat_response(body: str) -> tuple[list[str], list[str | None], tuple[i
     return texts, finish, tokens
 
 
+def is_loopback(base_url: str) -> bool:
+    """True for an endpoint on this machine's loopback (localhost, 127.0.0.0/8, ::1).
+
+    >>> is_loopback("http://127.0.0.1:8000/v1"), is_loopback("http://localhost/v1"), is_loopback("https://api.x.com/v1")
+    (True, True, False)
+    """
+    host = (urlsplit(base_url).hostname or "").lower()
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _estimate_tokens(text: str) -> int:
     return max(1, len(text) // 4)  # when a server reports no usage: the usual ~4 characters per token
 
@@ -185,6 +204,7 @@ class TeacherClient:
         self._rng = random.Random(seed)
         self._sem: asyncio.Semaphore | None = None
         self._client: openai.AsyncOpenAI | None = None
+        self._keyless = False
 
     @classmethod
     def from_config(cls, cfg: TeacherConfig, base_url: str, *, share: int = 1) -> TeacherClient:
@@ -199,6 +219,7 @@ class TeacherClient:
         if self._client is None:
             # The key is read here, when the first request is about to be sent, and lives only in memory.
             key = os.environ.get(self.api_key_env) if self.api_key_env else None
+            self._keyless = not key
             http = httpx.AsyncClient(transport=AiohttpTransport(limit=max(64, 2 * self.concurrency)),
                                      timeout=self.timeout_s)
             self._client = openai.AsyncOpenAI(base_url=self.base_url, api_key=key or DUMMY_KEY,
@@ -227,8 +248,10 @@ class TeacherClient:
             # (a third of the client's time at 64 in flight). Plain role/content dicts need no transform.
             # The body comes back as text (non-2xx statuses still raise openai's errors): the ledger keeps
             # the server's answer as sent, and reading three fields needs no ChatCompletion model (~1 ms).
-            body = await self._openai().post("/chat/completions", cast_to=str, body={
-                "model": self.model, "messages": messages, **self.params, **extra})
+            client = self._openai()
+            body = await client.post("/chat/completions", cast_to=str, body={
+                "model": self.model, "messages": messages, **self.params, **extra},
+                options=_NO_AUTH if self._keyless else {})
             latency = time.monotonic() - start
         texts, finish_reasons, usage = parse_chat_response(body)
         estimated = usage is None

@@ -243,10 +243,20 @@ class TeacherUDF:
 # ------------------------------------------------------------------------------------------ the stage
 
 
-def _check_key(cfg: TeacherConfig) -> None:
-    if cfg.backend == "openai" and cfg.api_key_env and not os.environ.get(cfg.api_key_env):
-        raise ValueError(f"teacher.backend=openai reads its API key from ${cfg.api_key_env}, which is not set; "
-                         f"export it (or set teacher.api_key_env to the variable that holds it)")
+def _check_key(cfg: TeacherConfig, base_url: str) -> None:
+    """Before any request: an `openai` teacher whose key variable is not set is an error, unless its endpoint is
+    on this machine's loopback (a keyless llama.cpp or vLLM server): then requests go without a key."""
+    from .client import is_loopback
+
+    if cfg.backend != "openai" or not cfg.api_key_env or os.environ.get(cfg.api_key_env):
+        return
+    if is_loopback(base_url):
+        log.info("teacher: $%s is not set and %s is a loopback endpoint: requests are sent without an API key",
+                 cfg.api_key_env, base_url)
+        return
+    raise ValueError(f"teacher.backend=openai reads its API key from ${cfg.api_key_env}, which is not set; "
+                     f"export it (or set teacher.api_key_env to the variable that holds it, or to null for an "
+                     f"endpoint that wants no key)")
 
 
 def _key_hint(cfg: TeacherConfig) -> str:
@@ -283,17 +293,11 @@ def on_driver_node(base_url: str) -> dict:
     """Ray placement for the teacher actors: a loopback endpoint (a local server the driver started) is
     reachable only from the driver's machine, so the actors go to the driver's node on a cluster; any other
     endpoint can be reached from everywhere."""
-    import ipaddress
-    from urllib.parse import urlsplit
-
     import ray
 
-    host = (urlsplit(base_url).hostname or "").lower()
-    try:
-        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = False
-    if not loopback:
+    from .client import is_loopback
+
+    if not is_loopback(base_url):
         return {}
     return {"label_selector": {"ray.io/node-id": ray.get_runtime_context().get_node_id()}}
 
@@ -321,7 +325,7 @@ def annotate(records: Sequence[Record], cfg: TeacherConfig, *, answer_type: str,
     base_url = base_url or cfg.base_url
     if not base_url:
         raise ValueError("no teacher base_url: pass base_url or set teacher.base_url")
-    _check_key(cfg)
+    _check_key(cfg, base_url)
     from .ledger import check_ledger
 
     check_ledger(ledger_path)  # a broken or locked ledger: one line here, not a traceback from every actor
