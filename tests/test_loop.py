@@ -206,7 +206,7 @@ def test_sigkill_during_teacher_and_training_then_resume(job_run: Path, tmp_path
         _wait_for(lambda: checkpoints() - before, run, 600, "a checkpoint of the resumed training")
         os.killpg(run.pid, signal.SIGINT)
         assert run.wait(timeout=120) == 130
-    assert "interrupted; completed work is kept" in (tmp_path / "ctrl_c.log").read_text()
+    assert "stopped by SIGINT; completed work is kept; `rbyr-ray resume" in (tmp_path / "ctrl_c.log").read_text()
     assert not _stage_done(run_dir, "round_1/train")
 
     done = subprocess.run([str(BIN / "rbyr-ray"), "resume", str(run_dir), "--json"], env=env, cwd=tmp_path,

@@ -23,7 +23,7 @@ import os
 from pathlib import Path
 
 from ..config import ExperimentConfig, round_train
-from .rundir import RunDir, load_run_config
+from .rundir import RunDir, load_run_config, lock_run_dir
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +101,8 @@ def _round0_stages(cfg: ExperimentConfig, src_cfg: ExperimentConfig, src: RunDir
 def fork_run(src_dir: str | os.PathLike, cfg: ExperimentConfig, dst_dir: str | os.PathLike) -> list[tuple[int, str]]:
     """Create (or extend) the run dir `dst_dir` for `cfg` with the stages of `src_dir` it can share."""
     src_cfg = load_run_config(src_dir)
-    src = RunDir.create_or_resume(src_dir, src_cfg)
+    src = RunDir.create_or_resume(src_dir, src_cfg)  # read only: no lock
+    lock_run_dir(dst_dir)
     dst = RunDir.create_or_resume(dst_dir, cfg)
     shared = shareable_stages(cfg, src_cfg, src)
     done = [(e["round"], e["stage"]) for e in dst.manifest["stages"].values()]

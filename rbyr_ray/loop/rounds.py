@@ -20,11 +20,13 @@ from pathlib import Path
 
 import pandas as pd
 
+from .. import stops
 from ..config import ExperimentConfig, load_config, round_train
+from ..errors import Stopped
 from ..ray_utils import init_ray
 from ..tasks import Record, TaskData, load_task
 from .files import check_stage_outputs, read_parquet
-from .rundir import RunDir, load_run_config
+from .rundir import RunDir, load_run_config, lock_run_dir
 from .summary import build_summary, print_round_table
 from .tracking import Tracker
 
@@ -43,23 +45,32 @@ def run(config: ExperimentConfig | str | Path, run_dir: str | Path | None = None
     """
     cfg = config if isinstance(config, ExperimentConfig) else load_config(config)
     run_dir = Path(run_dir or cfg.run_dir or f"runs/{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    lock_run_dir(run_dir)  # before anything is written: one writer per run dir
     rd = RunDir.create_or_resume(run_dir, cfg)
     log.info("run dir: %s", rd.path)
     if recompute:
         log.info("recomputing %s", ", ".join(rd.forget(recompute)))
     check_stage_outputs(rd)
-    init_ray(cfg.ray)
-    tracker = Tracker(cfg, rd.path)
     try:
-        _rounds(cfg, rd, tracker, on_round)
-    finally:
-        tracker.close()
+        init_ray(cfg.ray)
+        tracker = Tracker(cfg, rd.path)
+        try:
+            _rounds(cfg, rd, tracker, on_round)
+        finally:
+            tracker.close()
+    except KeyboardInterrupt as exc:  # a stop signal (rbyr_ray.stops), also as ray.get or Ray Train raise it
+        raise _resumable(stops.stopped(exc), rd) from None
     summary = build_summary(rd)
     print_round_table(summary)
     from .report import write_report
 
     write_report(rd.path, summary)
     return summary
+
+
+def _resumable(stop: Stopped, rd: RunDir) -> Stopped:
+    stop.resume_hint = stop.resume_hint or f"`rbyr-ray resume {rd.path}` continues"
+    return stop
 
 
 def resume(run_dir: str | Path, recompute: str | None = None) -> dict:
@@ -286,6 +297,7 @@ def teacher_endpoint(cfg: ExperimentConfig, student_model: str):
     backend = "student" if cfg.teacher.backend == "student" else cfg.teacher.local_backend
     extra = ["--model-path", student_model] if backend == "student" else []
     with LocalTeacherServer(backend, cfg.task, cfg.teacher, seed=cfg.seed, extra_args=extra) as base_url:
+        stops.pause_if_asked("teacher")  # tests: a stop while the server is up must stop it
         yield base_url
 
 

@@ -7,23 +7,92 @@
       summary.json           per-round table (rebuilt after every stage)
       teacher_ledger.sqlite  every teacher request and response (shared by resumed runs)
       round_<k>/             exam.parquet, teacher.parquet, train_data.parquet, model/, eval.parquet
+      .lock                  one writer at a time: flock'ed by the process writing the run (its pid inside)
 
 A stage is recorded only after its files are written, so a killed run resumes at the first incomplete stage.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
+import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
+from .. import stops
 from ..config import ConfigError, ExperimentConfig, validate_config
-from ..errors import BrokenFile
+from ..errors import BrokenFile, RunDirBusy
+
+LOCK_FILE = ".lock"
+_held: dict[Path, int] = {}  # run dir -> the open lock file: held until the process ends (or release_run_dir)
+
+
+def lock_run_dir(path: str | os.PathLike) -> Path:
+    """Take the run dir's exclusive lock (again a no-op in the process that holds it), before anything is
+    written: a second run, resume, study or sweep trial on the same dir is refused with RunDirBusy, naming the
+    holder. An OS lock (flock), so a killed holder releases it with its death; reading a run (report, a fork's
+    source) takes none.
+
+    A missing run dir is created to hold the lock file: if another process holds the lock, the dir is that
+    process's, so a refusal never leaves a dir of its own behind."""
+    path = Path(path)
+    key = path.resolve()
+    if key in _held:
+        return path
+    path.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = _lock_holder(fd)
+        os.close(fd)
+        raise RunDirBusy(f"{path}: in use by another run ({holder}): one writer per run dir; wait for it to "
+                         f"end or stop it, then `rbyr-ray resume {path}`") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+    _held[key] = fd
+    return path
+
+
+def release_run_dir(path: str | os.PathLike) -> None:
+    """Give the lock back before the process ends (library use; the CLI holds it to the end)."""
+    fd = _held.pop(Path(path).resolve(), None)
+    if fd is not None:
+        os.close(fd)  # closing the only descriptor releases the flock
+
+
+def _lock_holder(fd: int) -> str:
+    """What the holder wrote into the lock file; it writes just after locking, so wait a moment for it."""
+    for _ in range(20):
+        text = os.pread(fd, 200, 0).decode(errors="replace").strip()
+        if text:
+            return text
+        time.sleep(0.05)
+    return "pid unknown"
+
+
+def config_changes(old: ExperimentConfig, new: ExperimentConfig) -> list[str]:
+    """Every key (dotted) whose value differs, with both values: ["train.lr: 0.001 → 0.002", ...]."""
+    changes: list[str] = []
+
+    def show(value) -> str:  # "text", null: a string that is a number does not pass for one
+        return json.dumps(value, ensure_ascii=False)
+
+    def walk(a, b, prefix: str) -> None:
+        if isinstance(a, dict) and isinstance(b, dict):
+            for key in list(a) + [k for k in b if k not in a]:
+                walk(a.get(key), b.get(key), f"{prefix}.{key}" if prefix else str(key))
+        elif a != b:
+            changes.append(f"{prefix}: {show(a)} → {show(b)}")
+
+    walk(old.model_dump(mode="json", exclude={"run_dir"}), new.model_dump(mode="json", exclude={"run_dir"}), "")
+    return changes
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -39,15 +108,17 @@ class RunDir:
 
     @classmethod
     def create_or_resume(cls, path: str | os.PathLike, cfg: ExperimentConfig) -> RunDir:
-        """A new run dir for `cfg`, or the existing one when it was made from the same config."""
+        """A new run dir for `cfg`, or the existing one when it was made from the same config. A writer takes
+        the dir's lock first (lock_run_dir); this only reads an existing run dir's files."""
         path = Path(path)
         existing = path / "config.yaml"
         if existing.exists():
             previous = load_run_config(path)
             if previous.model_dump(exclude={"run_dir"}) != cfg.model_dump(exclude={"run_dir"}):
+                changed = config_changes(previous, cfg)
                 raise ConfigError(
-                    f"{path}: this run dir was made from a different config; resume it with "
-                    f"`rbyr-ray resume {path}` or choose another --run-dir")
+                    f"{path}: this run dir was made from a different config ({'; '.join(changed)}); resume it "
+                    f"with `rbyr-ray resume {path}` or choose another --run-dir")
         path.mkdir(parents=True, exist_ok=True)
         if not existing.exists():
             _atomic_write(existing, cfg.to_yaml())
@@ -70,10 +141,11 @@ class RunDir:
 
     def _store(self, entry: dict) -> dict:
         """A completed stage into the manifest (atomically) and metrics.jsonl."""
-        self.manifest["stages"][f"round_{entry['round']}/{entry['stage']}"] = entry
-        _atomic_write(self.path / "manifest.json", json.dumps(self.manifest, indent=1))
-        with open(self.path / "metrics.jsonl", "a") as fh:
-            fh.write(json.dumps(entry) + "\n")
+        with stops.deferred():  # a stop signal waits until both are written
+            self.manifest["stages"][f"round_{entry['round']}/{entry['stage']}"] = entry
+            _atomic_write(self.path / "manifest.json", json.dumps(self.manifest, indent=1))
+            with open(self.path / "metrics.jsonl", "a") as fh:
+                fh.write(json.dumps(entry) + "\n")
         return entry
 
     def adopt(self, src: RunDir, stages: list[tuple[int, str]]) -> None:

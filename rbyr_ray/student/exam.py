@@ -118,6 +118,9 @@ class ExamWorker:
         self.poisoned: set[tuple[int, ...]] = set()
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+        from ..stops import pause_if_asked
+
+        pause_if_asked("eval" if self.spec.greedy else "exam")  # tests: stop a run while its replicas generate
         ids = self.tokenizer(list(batch["prompt"]), add_special_tokens=False)["input_ids"]
         if self.fail_on:
             self.poisoned = {tuple(p) for p, text in zip(ids, batch["prompt"]) if self.fail_on in text}

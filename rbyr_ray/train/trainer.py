@@ -309,6 +309,10 @@ def train_loop(config: dict) -> None:
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
+        if step == 1:
+            from ..stops import pause_if_asked
+
+            pause_if_asked("train")  # tests: stop a run mid-training
         train_s += time.perf_counter() - started
         if rank == 0 and (step % max(1, total_steps // 10) == 0 or step == total_steps):  # progress, ~10 lines
             # A log record, not print(): Ray Train tees a worker's print to stdout and to its logger (each line twice).

@@ -106,6 +106,7 @@ def run_trial(config: dict[str, Any], spec: dict) -> None:
 
     from ..loop.fork import take_over
     from ..loop.rounds import run
+    from ..loop.rundir import lock_run_dir
 
     tuned = TuneSpec.model_validate(spec)
     # Tune starts trials in their own working dir; the experiment's relative paths mean the sweep's.
@@ -117,6 +118,7 @@ def run_trial(config: dict[str, Any], spec: dict) -> None:
     params = {key: _plain(value) for key, value in config.items()}
     cfg = trial_config(tuned, params, ledger=sweep_dir / LEDGER_FILE, run_dir=run_dir)
     cfg = cfg.model_copy(update={"name": f"{tuned.name}-{trial_id}"})
+    lock_run_dir(run_dir)  # before trial.json: one writer per trial dir
     _write_trial_info(run_dir, trial_id, params, cfg, "running")
     if tuned.share_stages:
         take_over([d for d in (sweep_dir / "trials").iterdir() if d.name != trial_id], cfg, run_dir)
