@@ -189,7 +189,7 @@ def serve(python: Path, model: Path, *, port: int, n_ctx: int, threads: int, log
 
 
 def run_mistakes(run_dir: Path, exam_round: int):
-    """(task config, questions, mistakes, seed) of a run dir's exam, as the run's own teacher stage saw them:
+    """(task data, questions, mistakes, seed) of a run dir's exam, as the run's own teacher stage saw them:
     the run's config and read_mistakes, and the feedback prompt's seed of that round (cfg.seed + round)."""
     from rbyr_ray.loop.rounds import read_mistakes
     from rbyr_ray.loop.rundir import RunDir, load_run_config
@@ -200,10 +200,11 @@ def run_mistakes(run_dir: Path, exam_round: int):
     if not exam.exists():
         raise SystemExit(f"{exam}: no exam of round {exam_round} in this run dir (see --round)")
     mistakes = read_mistakes(RunDir(run_dir), exam_round, cfg.train.reflection.max_negatives, cfg.exam.mistakes)
-    records = [r for r in load_task(cfg.task, seed=cfg.seed).train if r.id in mistakes]
+    data = load_task(cfg.task, seed=cfg.seed)
+    records = [r for r in data.train if r.id in mistakes]
     if not records:
         raise SystemExit(f"{exam}: no mistakes to ask about")
-    return cfg.task, records, mistakes, cfg.seed + exam_round
+    return data, records, mistakes, cfg.seed + exam_round
 
 
 def synthetic_mistakes(n: int, seed: int = 0):
@@ -216,11 +217,12 @@ def synthetic_mistakes(n: int, seed: int = 0):
     from rbyr_ray.teacher.backends import SolverBackend
 
     cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "demo.yaml")
-    records = load_task(cfg.task, seed=cfg.seed).train[:n]
+    data = load_task(cfg.task, seed=cfg.seed)
+    records = data.train[:n]
     solver, rng = SolverBackend(cfg.task.arith.templates), random.Random(seed)
     mistakes = {r.id: [solver.wrong([{"role": "user", "content": f"Question: {r.question}"}], rng).split(
         "\nAnswer:")[0]] for r in records}
-    return cfg.task, records, mistakes, seed
+    return data, records, mistakes, seed
 
 
 # ----------------------------------------------------------------------------------- measuring
@@ -253,9 +255,10 @@ def tally(rows, gold: dict[str, str], answer_type: str) -> dict:
             "failed": int(rows["text"].isna().sum())}
 
 
-def measure(prompt: str, records, mistakes, *, task: str, answer_type: str, seed: int, base_url: str, out: Path,
+def measure(prompt: str, records, mistakes, *, task, answer_type: str, seed: int, base_url: str, out: Path,
             teacher: dict) -> dict:
-    """One prompt through the project's teacher stage; its ledger and teacher.parquet under out/<prompt>/."""
+    """One prompt through the project's teacher stage; its ledger and teacher.parquet under out/<prompt>/.
+    `task` is the task's prompts (TaskData.prompts), as the run's teacher stage is given them."""
     import pandas as pd
 
     from rbyr_ray.config import TeacherConfig
@@ -347,19 +350,17 @@ def main(argv: list[str] | None = None) -> int:
         setup_llama(args.llama_venv, args.dry_run)
         return 0
 
-    from rbyr_ray.tasks import TASKS
-
     if args.run_dir is not None:
-        task_cfg, records, mistakes, seed = run_mistakes(args.run_dir, args.round)
+        data, records, mistakes, seed = run_mistakes(args.run_dir, args.round)
         source = f"{args.run_dir} round {args.round} exam"
     else:
-        task_cfg, records, mistakes, seed = synthetic_mistakes(args.synthetic)
+        data, records, mistakes, seed = synthetic_mistakes(args.synthetic)
         source = f"synthetic: {args.synthetic} arith questions with the solver's slips"
-    answer_type = TASKS[task_cfg.name].answer_type
+    answer_type = data.answer_type
     teacher = {"backend": "openai", "model": args.model, "api_key_env": args.api_key_env, "samples": args.samples,
                "max_tokens": args.max_tokens, "temperature": args.temperature, "concurrency": args.concurrency,
                "timeout_s": args.timeout_s, "max_retries": 2}
-    log(f"{len(records)} questions ({source}), task {task_cfg.name}, prompts {', '.join(args.prompts)}")
+    log(f"{len(records)} questions ({source}), task {data.name}, prompts {', '.join(args.prompts)}")
 
     with contextlib.ExitStack() as stack:
         base_url = args.base_url
@@ -374,10 +375,10 @@ def main(argv: list[str] | None = None) -> int:
                       "n_ctx": args.n_ctx, "threads": args.threads}
             base_url = stack.enter_context(serve(python, model, port=args.port, n_ctx=args.n_ctx, threads=args.threads,
                                                  log_path=args.out / "llama_server.log"))
-        results = [measure(prompt, records, mistakes, task=task_cfg.name, answer_type=answer_type, seed=seed,
+        results = [measure(prompt, records, mistakes, task=data.prompts, answer_type=answer_type, seed=seed,
                            base_url=base_url, out=args.out, teacher=teacher) for prompt in args.prompts]
 
-    summary = {"source": source, "task": task_cfg.name, "questions": len(records), "base_url": base_url,
+    summary = {"source": source, "task": data.name, "questions": len(records), "base_url": base_url,
                "server": server, "teacher": teacher, "results": results}
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile("w", dir=args.out, delete=False, suffix=".tmp") as tmp:

@@ -4,6 +4,7 @@ sampling, failure isolation, and `rbyr-ray eval --json`."""
 from __future__ import annotations
 
 import json
+import os
 
 import pandas as pd
 import pytest
@@ -93,18 +94,51 @@ def test_exam_samples_n_rationales_per_question(ray_cluster):
     assert 0.0 <= result.sample_accuracy <= 1.0
 
 
-def test_an_engine_error_fails_only_its_own_row(ray_cluster):
+def test_an_engine_error_fails_only_its_own_row_and_the_eval_stage_reports_it(ray_cluster, tmp_path, caplog):
     """One row whose generation raises (injected through FAIL_ENV in the engine call) in a batch of six, through
-    the real Ray Data exam: its batch is retried row by row, and only that row fails."""
+    the run's eval stage and the real Ray Data exam: its batch is retried row by row, only that row fails, and
+    the stage counts it in its metrics and says so in one warning line."""
+    import logging
+
+    from rbyr_ray.loop.rounds import _StageRunner
+    from rbyr_ray.loop.rundir import RunDir
+    from rbyr_ray.loop.tracking import Tracker
+
     poisoned = Record(id="poisoned", question=f"Mia has 3 apples. {POISON} How many apples?", answer="3")
     records = [*TEST[:3], poisoned, *TEST[3:5]]
-    result = run_exam(records, "smollm2-135m", small_cfg(), answer_type="numeric", samples=1, greedy=True,
-                      max_new_tokens=12, out_path=None, seed=0, progress=None)
-    rows = result.rows.set_index("id")
+    cfg = small_cfg()
+    cfg.eval = cfg.eval.model_copy(update={"max_new_tokens": 12})
+    cfg.tracking = cfg.tracking.model_copy(update={"wandb": False})
+    rd = RunDir.create_or_resume(tmp_path / "run", cfg)
+    with caplog.at_level(logging.WARNING, logger="rbyr_ray.loop.rounds"):
+        metrics = _StageRunner(cfg, rd, Tracker(cfg, rd.path)).evaluate(1, records, "smollm2-135m", "numeric")
+    frame = pd.read_parquet(rd.path / "round_1" / "eval.parquet")
+    rows = frame.set_index("id")
     assert "injected engine failure" in rows.loc["poisoned", "error"] and not rows.loc["poisoned", "correct"]
     others = rows.drop(index="poisoned")
     assert len(others) == 5 and others["error"].isna().all() and (others["n_tokens"] > 0).all()
-    assert result.n_failed == 1 and list(result.rows["id"]) == [r.id for r in records]
+    assert list(frame["id"]) == [r.id for r in records]
+    assert metrics["failed_rows"] == 1 and rd.done(1, "eval")["metrics"]["failed_rows"] == 1
+    warned = [m for m in caplog.messages if "round 1 eval: 1 of 6 rows failed" in m]
+    assert len(warned) == 1 and "injected engine failure" in warned[0], caplog.messages
+
+
+def test_a_test_hook_is_read_only_under_its_test_name_and_warns_once(monkeypatch, caplog):
+    import logging
+
+    from rbyr_ray import testhooks
+
+    assert FAIL_ENV == "RBYR_TEST_EXAM_FAIL_ON"
+    monkeypatch.setattr(testhooks, "_warned", False)
+    for name in [k for k in os.environ if k.startswith(testhooks.PREFIX)]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("RBYR_EXAM_FAIL_ON", "x")  # the old name: no longer a hook
+    with caplog.at_level(logging.WARNING, logger="rbyr_ray.testhooks"):
+        assert testhooks.test_hook("EXAM_FAIL_ON") is None and not caplog.messages
+        monkeypatch.setenv(FAIL_ENV, "poison")
+        assert [testhooks.test_hook("EXAM_FAIL_ON") for _ in range(3)] == ["poison"] * 3
+    warned = [m for m in caplog.messages if "test-only hooks are set" in m]
+    assert len(warned) == 1 and FAIL_ENV in warned[0]
 
 
 def test_a_right_answer_reached_by_a_false_step_is_marked_and_a_mistake_under_exam_mistakes_steps(tmp_path):

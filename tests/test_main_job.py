@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -108,23 +109,32 @@ def test_summary_has_every_round_field_with_sane_values(job):
 
 
 def test_round_2_asks_the_teacher_about_exactly_its_exam_mistakes(job):
+    from rbyr_ray.config import load_config
+    from rbyr_ray.loop.rounds import read_mistakes
+    from rbyr_ray.loop.rundir import RunDir
+    from rbyr_ray.student.exam import mistake_mask
+    from rbyr_ray.tasks import load_task
     from rbyr_ray.tasks.prompts import fold_rationale
 
     run_dir = job["dir"]
+    cfg = load_config(run_dir / "config.yaml")
     exam = pd.read_parquet(run_dir / "round_2" / "exam.parquet")
-    wrong = exam[~exam["correct"].astype(bool) & exam["error"].isna()]
-    wrong_ids = set(wrong["id"])
+    # The round's mistakes as the loop reads them (a wrong sample with a rationale to show), each one of that
+    # question's own wrong samples in the exam.
+    mistakes = read_mistakes(RunDir(run_dir), 2, cfg.train.reflection.max_negatives, cfg.exam.mistakes)
+    wrong = exam[mistake_mask(exam, cfg.exam.mistakes) & exam["error"].isna()]
+    wrong_ids = set(mistakes)
     assert wrong_ids, "the round-2 exam had no mistakes: nothing to check"
+    for qid, texts in mistakes.items():
+        assert set(texts) <= set(wrong.loc[wrong["id"] == qid, "rationale"]), qid
     teacher = pd.read_parquet(run_dir / "round_2" / "teacher.parquet")
     assert set(teacher["id"]) == wrong_ids and (teacher["kind"] == "feedback").all()
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["rounds"][2]["mistake_questions"] == len(wrong_ids)
+    # The exam counts every question with a wrong sample, an empty one too (nothing to show the teacher).
+    assert summary["rounds"][2]["mistake_questions"] == exam[mistake_mask(exam, cfg.exam.mistakes)]["id"].nunique()
+    assert summary["rounds"][2]["mistake_questions"] >= len(wrong_ids)
     # What was sent (the ledger's stored requests): each feedback prompt shows one of that question's own wrong
     # rationales and the hint with its gold answer.
-    from rbyr_ray.config import load_config
-    from rbyr_ray.tasks import load_task
-
-    cfg = load_config(run_dir / "config.yaml")
     by_question = {r.question: r for r in load_task(cfg.task, seed=cfg.seed).train}
     with sqlite3.connect(run_dir / "teacher_ledger.sqlite") as db:
         sent = [json.loads(r[0])["messages"][-1]["content"] for r in db.execute("select request_json from calls")]
@@ -136,7 +146,7 @@ def test_round_2_asks_the_teacher_about_exactly_its_exam_mistakes(job):
         record = by_question[question]
         asked.add(record.id)
         shown = re.search(r"Student's solution: (.*)\n", text).group(1)
-        assert shown in {fold_rationale(w) for w in wrong.loc[wrong["id"] == record.id, "rationale"]}
+        assert shown in {fold_rationale(w) for w in mistakes[record.id]}
         assert f"Hint: the correct answer is {record.answer}." in text
     assert asked == wrong_ids
 
@@ -182,8 +192,21 @@ def test_resume_of_the_finished_run_runs_nothing_and_sends_nothing(job):
     assert summary == json.loads((run_dir / "summary.json").read_text())
 
 
-def test_report_rebuilds_the_table_and_the_plot(job):
-    run_dir = job["dir"]
+def _copy_run(src: Path, dst: Path) -> Path:
+    """A copy of the shared run dir that a test may change: model weights hard-linked (no test writes them), every
+    other file copied, so that nothing done to the copy reaches the run the other tests read."""
+    def copy(source: str, target: str) -> None:
+        if source.endswith(".safetensors"):
+            os.link(source, target)
+        else:
+            shutil.copy2(source, target)
+
+    shutil.copytree(src, dst, copy_function=copy, ignore=shutil.ignore_patterns(".lock", "ray_train", "wandb"))
+    return dst
+
+
+def test_report_rebuilds_the_table_and_the_plot(job, tmp_path):
+    run_dir = _copy_run(job["dir"], tmp_path / "run")
     (run_dir / "report.png").unlink()
     out = _rbyr("report", str(run_dir), env=job["env"], cwd=job["tmp"], timeout=180)
     assert (run_dir / "report.png").stat().st_size > 10_000
@@ -194,3 +217,41 @@ def test_report_rebuilds_the_table_and_the_plot(job):
     assert [int(row[0]) for row in table] == [0, 1, 2]
     for row, want in zip(table, summary["rounds"]):
         assert float(row[1]) == pytest.approx(want["test_accuracy"], abs=5e-4)
+
+
+def test_a_truncated_stage_file_is_named_and_its_stage_recomputed_on_request(job, tmp_path):
+    """report and resume name a broken Parquet file of a finished run (one line, exit 2, the flag to use);
+    `resume --recompute round_2/eval` computes that stage again and nothing else, sending no teacher request."""
+    run_dir, log = _copy_run(job["dir"], tmp_path / "run"), job["requests_log"]
+    before = pd.read_parquet(run_dir / "round_2" / "eval.parquet")
+    broken = run_dir / "round_2" / "eval.parquet"
+    broken.write_bytes(broken.read_bytes()[: broken.stat().st_size // 2])
+    flag = f"rbyr-ray resume {run_dir} --recompute round_2/eval"
+
+    def refused(command: str) -> str:
+        out = subprocess.run([str(BIN / "rbyr-ray"), command, str(run_dir)], env=job["env"], cwd=job["tmp"],
+                             capture_output=True, text=True, timeout=180, check=False)
+        assert out.returncode == 2, (out.returncode, out.stderr[-3000:])
+        lines = [line for line in out.stderr.splitlines() if line.startswith(f"rbyr-ray {command}: error:")]
+        assert len(lines) == 1 and "Traceback" not in out.stderr, out.stderr[-3000:]
+        assert f"{broken}: not a readable Parquet file" in lines[0] and flag in lines[0], lines[0]
+        return out.stdout
+
+    stages = _manifest(run_dir)["stages"]
+    assert "test_acc" in refused("report")  # the table still printed (it reads the manifest), the file named
+    assert (run_dir / "report.png").stat().st_size > 10_000
+    refused("resume")
+    assert _manifest(run_dir)["stages"] == stages  # refused before anything ran
+
+    requests = _requests_sent(log)
+    out = _rbyr("resume", str(run_dir), "--recompute", "round_2/eval", env=job["env"], cwd=job["tmp"])
+    assert _requests_sent(log) == requests  # no teacher request
+    assert len(re.findall(r"done earlier .*skipped", out.stderr)) == len(STAGES) - 1
+    after = _manifest(run_dir)["stages"]
+    assert sorted(after) == sorted(STAGES) and after["round_2/eval"] != stages["round_2/eval"]
+    assert {key: after[key] for key in STAGES if key != "round_2/eval"} == \
+        {key: stages[key] for key in STAGES if key != "round_2/eval"}
+    again = pd.read_parquet(broken)
+    assert sorted(again["id"]) == sorted(before["id"]) and again["error"].isna().all()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["rounds"][2]["test_accuracy"] == pytest.approx(again["correct"].mean())

@@ -165,13 +165,20 @@ def test_never_evaluates(monkeypatch):
 
     monkeypatch.setattr(builtins, "eval", refuse)
     monkeypatch.setattr(builtins, "exec", refuse)
-    assert check_steps("__import__('os') = 1. 2 + 2 = 5.").false_steps == ["2 + 2 = 5"]
+    # The call is not read as arithmetic (unchecked), the sum after it is computed and false.
+    assert check_steps("__import__('os') = 1. 2 + 2 = 5.") == StepCheck(checked=1, false_steps=["2 + 2 = 5"],
+                                                                      unchecked=1)
 
 
 def test_pathological_text_is_unchecked_not_a_crash():
-    deep = "(" * 500 + "1" + ")" * 500 + " = 1"
-    long = " + ".join(["1"] * 400) + " = 400"
-    assert check_steps(deep).false_steps == [] and check_steps(long).false_steps == []
+    # Both false if they were computed: reported as one claim not read, neither checked nor false.
+    deep = "(" * 500 + "1" + ")" * 500 + " = 2"
+    long = " + ".join(["1"] * 400) + " = 401"
+    assert check_steps(deep) == StepCheck(checked=0, false_steps=[], unchecked=1)
+    assert check_steps(long) == StepCheck(checked=0, false_steps=[], unchecked=1)
+    # Within the limits the same shapes are computed, so the cases above test the limits, not the parser.
+    assert check_steps(" + ".join(["1"] * 40) + " = 41") == StepCheck(checked=1, false_steps=[" + ".join(["1"] * 40)
+                                                                                             + " = 41"], unchecked=0)
     assert check_steps("= = = 3 + = 4 =") == StepCheck(checked=0, false_steps=[], unchecked=5)
 
 

@@ -92,9 +92,11 @@ def test_an_endpoint_that_wants_a_key_that_is_not_set_says_which_variable_to_set
 
 
 def test_a_refused_connection_fails_with_a_one_line_reason(tmp_path):
-    out = _annotate(_refused_url(), tmp_path, env=_env())
+    env = {k: v for k, v in _env().items() if k != "OPENAI_API_KEY"}  # teacher.api_key_env's default variable
+    out = _annotate(_refused_url(), tmp_path, env=env)
     line = _one_line_failure(out)
     assert "no rationale obtained for any of 6 questions" in line and "connection error" in line
+    assert "($OPENAI_API_KEY is not set)" in line, line
     assert len(pd.read_parquet(tmp_path / "teacher.parquet")) == 12
 
 

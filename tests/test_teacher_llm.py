@@ -36,12 +36,19 @@ def _round_figures(run_dir, k: int) -> dict:
     obtained = rows[rows["text"].notna()]
     reasons = obtained["reject_reason"].fillna("")
     caught = obtained[reasons.str.startswith("false_step: ")]
+    accepted = obtained[obtained["accepted"].astype(bool)]
     return {"round": k, "questions": int(rows["id"].nunique()), "obtained": len(obtained),
             "accepted_by_answer_gate": int(obtained["accepted"].sum()) + len(caught),
             "rejected_by_step_gate": len(caught), "accepted": int(obtained["accepted"].sum()),
             "wrong_answer": int((reasons == "wrong_answer").sum()), "unparseable": int((reasons == "unparseable").sum()),
             "caught": [{"id": i, "rationale": r, "reason": why}
-                       for i, r, why in zip(caught["id"], caught["rationale"], caught["reject_reason"])]}
+                       for i, r, why in zip(caught["id"], caught["rationale"], caught["reject_reason"])],
+            # Accepted rationales (what training reads) with a false step, recorded or found by the checker: none
+            # may pass the steps gate, whether or not it caught anything.
+            "accepted_with_false_step": [
+                {"id": i, "rationale": r, "recorded": f} for i, r, f in zip(accepted["id"], accepted["rationale"],
+                                                                           accepted["false_steps"])
+                if (isinstance(f, str) and f) or check_steps(str(r)).false_steps]}
 
 
 @pytest.mark.heavy
@@ -69,6 +76,7 @@ def test_loop_with_a_weak_llm_teacher_gates_false_steps(vllm_server, ray_cluster
         assert row["teacher_accepted"] == fig["accepted"]
         assert row["teacher_rejected_steps"] == fig["rejected_by_step_gate"]
         assert row["teacher_rejected_answer"] == fig["wrong_answer"] + fig["unparseable"]
+        assert fig["accepted_with_false_step"] == [], fig["accepted_with_false_step"]
         for caught in fig["caught"]:  # each names false steps that are false, in its own rationale
             steps = caught["reason"].removeprefix("false_step: ").split("; ")
             assert check_steps(caught["rationale"]).false_steps == steps

@@ -112,7 +112,9 @@ def test_a_killed_worker_is_restarted_and_resumes_from_its_checkpoint(ray_cluste
     monkeypatch.setenv(CRASH_ENV, str(flag))
     result = train_round(train_data, student, tmp_path, config(epochs=1, checkpoint_every_steps=2), seed=0)
     assert not flag.exists()  # the worker did die
-    assert result.resumed_from_step == 2 and result.steps == 3  # checkpoint at step 2, death in step 3
+    # The worker died once the controller had registered the step-2 checkpoint (not after a poll interval), so the
+    # restarted group resumed from it on any machine.
+    assert result.resumed_from_step == 2 and result.steps == 3
     assert os.path.isdir(result.model_dir)
 
 

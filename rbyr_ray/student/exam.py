@@ -37,14 +37,17 @@ from ..tasks.grading import answers_match, extract_answer, first_block
 from ..tasks.prompts import student_prefix
 from ..tasks.records import AnswerType, Record
 from ..tasks.steps import check_steps
+from ..testhooks import env_name, test_hook, warn_if_set
 from .engines import Generation, SamplingSpec, make_engine
 from .models import load_tokenizer, max_context, resolve_model_dir
 
 log = logging.getLogger(__name__)
 
 # Tests only: a text. A batch holding a prompt that contains it fails inside the engine call, as an engine that
-# chokes on one input does, so that a test can check the row-by-row retry through the real pipeline.
-FAIL_ENV = "RBYR_EXAM_FAIL_ON"
+# chokes on one input does, so that a test can check the row-by-row retry through the real pipeline. Read in
+# every exam replica (a Ray worker inherits it), so it is a RBYR_TEST_ variable: set, it is logged as a warning.
+FAIL_HOOK = "EXAM_FAIL_ON"
+FAIL_ENV = env_name(FAIL_HOOK)
 
 COLUMNS = ["id", "sample", "rationale", "predicted", "correct", "false_steps", "engine", "error", "n_tokens"]
 
@@ -114,7 +117,7 @@ class ExamWorker:
         self.engine = make_engine(engine, model_dir, dtype=dtype, max_model_len=max_model_len, device=device,
                                   threads=threads, tensor_parallel_size=tensor_parallel_size,
                                   gpu_memory_utilization=gpu_memory_utilization, seed=seed)
-        self.fail_on = os.environ.get(FAIL_ENV) or None
+        self.fail_on = test_hook(FAIL_HOOK)
         self.poisoned: set[tuple[int, ...]] = set()
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
@@ -215,6 +218,7 @@ def run_exam(records: Sequence[Record], model_path: str, cfg: ExperimentConfig, 
     from ..ray_utils import init_ray
 
     start = time.perf_counter()
+    warn_if_set()  # on the driver too: a replica's warning may never reach the user's terminal
     init_ray(cfg.ray)
     ex = cfg.exam
     model_dir = resolve_model_dir(model_path, cfg.student.cache_dir, cfg.student.allow_hub_download,

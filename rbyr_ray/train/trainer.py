@@ -25,21 +25,21 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pandas as pd
 import torch
 
 from ..config import ExperimentConfig, TrainConfig
 from ..placement import wait_actors_dead
 from ..ray_utils import init_ray
 from ..student.models import bf16_native
+from ..testhooks import env_name, test_hook
 from .data import collate, question_batches
 from .objective import PAIR_KINDS, REFERENCE_KINDS, SIGNALS, ReflectionObjective
 
 log = logging.getLogger(__name__)
 
-# Tests only: the path of a flag file. While it exists, the last worker deletes it and dies one step after the
-# first checkpoint, so FailureConfig must restart the group and training must resume from that checkpoint.
-CRASH_ENV = "RBYR_TRAIN_CRASH_ONCE"
+# Tests only: the path of a flag file. While it exists, the last worker deletes it and dies once the controller has
+# registered the first checkpoint, so FailureConfig must restart the group and training must resume from it.
+CRASH_ENV = env_name("TRAIN_CRASH_ONCE")
 STATE_FILE = "state.pt"
 
 
@@ -320,11 +320,9 @@ def train_loop(config: dict) -> None:
                      _signal_text(out, rcfg), train_s / step)
         if step % cfg.checkpoint_every_steps == 0 and step < total_steps:
             report(False, {"lm_loss": out["lm_loss"].item(), "ref_loss": out["ref_loss"].item()})
-        crash = config.get("crash_file")
-        if crash and step == cfg.checkpoint_every_steps + 1 and rank == world - 1 and os.path.exists(crash):
-            # One step after the first checkpoint, so the controller has registered it before the death.
-            os.remove(crash)
-            os._exit(1)  # a hard death, as if the process were killed: no cleanup, no exception
+            crash = config.get("crash_file")
+            if crash and rank == world - 1 and os.path.exists(crash):
+                _die_once_registered(crash)
 
     totals = all_sum(sums.clone(), device)
     lm_means = totals[:, 0] / totals[:, 1].clamp(min=1)
@@ -336,6 +334,20 @@ def train_loop(config: dict) -> None:
                   "tokens": int(all_sum(torch.tensor([tokens], dtype=torch.float64), device).item()),
                   "train_s": train_s, "placement_group": _placement_group_id(),
                   "workers": gather_objects({"rank": rank, "pid": os.getpid(), "slices": slices})})
+
+
+def _die_once_registered(flag: str) -> None:
+    """Tests (CRASH_ENV): die hard once the controller has registered the checkpoint just reported (and written
+    its snapshot to storage), so that the restarted group resumes from it on any machine, not after a poll."""
+    import ray.train
+    from ray.train import CheckpointConsistencyMode
+
+    # Blocks until the controller has processed every report this worker made: acknowledged, not just sent.
+    registered = ray.train.get_all_reported_checkpoints(consistency_mode=CheckpointConsistencyMode.COMMITTED)
+    if not registered:
+        raise RuntimeError("crash hook: the controller registered no checkpoint")
+    os.remove(flag)
+    os._exit(1)  # a hard death, as if the process were killed: no cleanup, no exception
 
 
 def _signal_text(out: dict, rcfg) -> str:
@@ -425,6 +437,7 @@ def train_round(train_data_path: str | os.PathLike, init_model: str, out_dir: st
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    from ..loop.files import read_parquet
     from ..student.models import load_tokenizer
 
     tcfg = cfg.train
@@ -433,7 +446,7 @@ def train_round(train_data_path: str | os.PathLike, init_model: str, out_dir: st
     init_ray(cfg.ray)
     out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
-    frame = pd.read_parquet(train_data_path)
+    frame = read_parquet(train_data_path)
     if frame.empty:
         raise ValueError(f"{train_data_path}: no training items")
     if tcfg.reflection.kind in PAIR_KINDS and "has_negative" not in frame.columns:
@@ -442,7 +455,7 @@ def train_round(train_data_path: str | os.PathLike, init_model: str, out_dir: st
     items = [{k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in row.items()}
              for row in frame.to_dict("records")]
     config = {"items": items, "init_model": str(init_model), "train": tcfg.model_dump(), "seed": seed,
-              "pad_id": load_tokenizer(str(init_model)).pad_token_id, "crash_file": os.environ.get(CRASH_ENV)}
+              "pad_id": load_tokenizer(str(init_model)).pad_token_id, "crash_file": test_hook("TRAIN_CRASH_ONCE")}
     trainer = TorchTrainer(
         train_loop,
         train_loop_config=config,

@@ -94,7 +94,9 @@ def prompt_lines(task: str, data=None) -> list[dict]:
     demos = [(r, gold_rationale(task, r) or "") for r in data.train[N_PROMPT:N_PROMPT + 2]]
 
     def messages(records, cfg, mistakes=None):
-        rows = build_requests(records, cfg, spec.answer_type, mistakes, seed=0, task=task)
+        # The task's prompts as a run passes them (TaskData.prompts), else, in code that predates them, its name.
+        rows = build_requests(records, cfg, spec.answer_type, mistakes, seed=0,
+                              task=getattr(data, "prompts", None) or task)
         return [json.loads(row["messages"]) for row in rows]
 
     for split in ("train", "test"):
