@@ -348,8 +348,10 @@ def test_arith_teacher_request_carries_arith_demonstrations():
     from rbyr_ray.tasks.prompts import FEW_SHOT
     from rbyr_ray.teacher.stage import build_requests
 
-    records = generate(ArithConfig(n_train=4, n_test=2)).train
-    rows = build_requests(records, TeacherConfig(), "numeric", task="arith")
+    data = load_task(TaskConfig(arith={"n_train": 4, "n_test": 2}))
+    records = data.train
+    rows = build_requests(records, TeacherConfig(), "numeric", task=data.prompts)  # what the run passes
+    assert rows == build_requests(records, TeacherConfig(), "numeric", task="arith")
     assert len(rows) == 4 and {r["kind"] for r in rows} == {"cot"}
     for row, record in zip(rows, records):
         messages = json.loads(row["messages"])
