@@ -62,7 +62,8 @@ class TaskConfig(_Section):
     # A built-in task by name, or a task file (docs/tasks.md); exactly one of them (name defaults to arith).
     name: Literal["arith", "gsm8k", "svamp", "multiarith", "asdiv", "csqa", "strategyqa"] | None = None
     file: str | None = None  # a task file (YAML); a relative path is made absolute against the working folder
-    # Keys of the task file overridden like config keys, same nesting: task.spec.generation.max_new_tokens=64
+    # Keys of the task file overridden like config keys, same nesting: task.spec.generation.max_new_tokens=64;
+    # a built-in task takes task.spec.prompts.* and task.spec.generation.* (docs/tasks.md).
     spec: dict[str, Any] = {}
     allow_hub_download: bool = False  # a task file's `data.hub` source is read only when this is true
     # Where the benchmark files live; None = $RBYR_DATA_DIR, else ../shared/data next to the checkout.
@@ -85,8 +86,10 @@ class TaskConfig(_Section):
             raise ValueError("give task.name (a built-in task) or task.file (a task file), not both; over a "
                              "config that names a task: task.name=null task.file=FILE")
         if file is None:
-            if data.get("spec"):
-                raise ValueError("task.spec overrides keys of a task file: set task.file too")
+            extra = sorted(set(data.get("spec") or {}) - {"prompts", "generation"})
+            if extra:  # a built-in task is not a task file yet: only its prompts and budget can be changed
+                raise ValueError(f"task.spec.{extra[0]}: a built-in task takes task.spec.prompts.* and "
+                                 "task.spec.generation.* only; the other keys are a task file's (task.file)")
             data["name"] = name or "arith"
         elif isinstance(file, str) and "://" not in file:
             # Absolute, so that a run resumed from another folder (or the teacher server) reads the same file.

@@ -219,8 +219,8 @@ def test_spec_overrides_through_the_experiment_config(text_task):
         load_task(TaskConfig(file=str(text_task), spec={"generation": {"max_new_tokens": 0}}))
     with pytest.raises(ConfigError, match="not both"):
         load_config(None, [f"task.file={text_task}", "task.name=gsm8k"])
-    with pytest.raises(ConfigError, match="set task.file too"):
-        load_config(None, ["task.spec.generation.max_new_tokens=3"])
+    with pytest.raises(ConfigError, match="the other keys are a task file's"):
+        load_config(None, ["task.spec.data.test_fraction=0.5"])
     assert os.path.isabs(TaskConfig(file="rel/task.yaml").file)
 
 
@@ -447,3 +447,36 @@ def test_the_example_task_of_the_docs(tmp_path):
     assert textwrap.indent(body, "   ") in docs  # the docs show the file the script writes
     assert module.write_example(tmp_path / "again").read_text() == path.read_text()
     assert (tmp_path / "again" / "train.jsonl").read_text() == (tmp_path / "train.jsonl").read_text()
+
+
+def test_a_builtin_task_takes_prompt_and_budget_overrides_and_the_feedback_sweep_config():
+    """Until the built-ins are task files, task.spec.prompts.* / generation.* change a built-in's prompts and
+    budget; tune_configs/feedback_prompts.yaml sweeps the feedback template that way, one ledger for all."""
+    from pathlib import Path
+
+    from rbyr_ray.tune.spec import load_tune_config, trial_config
+
+    cfg = load_config(None, ["task.arith.n_train=2", "task.spec.generation.max_new_tokens=33",
+                             'task.spec.prompts.feedback="{question_block}Wrong: {wrong_rationale}\\n{hint}Fix it."'])
+    data = load_task(cfg.task)
+    record = data.train[0]
+    assert data.max_new_tokens == 33
+    assert data.prompts.cot_messages(record) == P.teacher_cot_messages(record, "numeric", task="arith")
+    assert data.prompts.feedback_messages(record, "a\nb", use_hint=False)[1]["content"] == (
+        f"Question: {record.question}\nWrong: a b\nFix it.")
+    with pytest.raises(ConfigError, match="task.spec.fields: a built-in task takes task.spec.prompts"):
+        load_config(None, ["task.spec.fields.question=q"])
+    with pytest.raises(ConfigError, match="prompts.feedbak: unknown key; did you mean 'feedback'"):
+        load_task(load_config(None, ["task.spec.prompts.feedbak=x"]).task)
+
+    sweep = load_tune_config(Path(__file__).resolve().parents[1] / "tune_configs" / "feedback_prompts.yaml")
+    rendered = set()
+    for template in sweep.space["task.spec.prompts.feedback"].grid:
+        trial = trial_config(sweep, {"task.spec.prompts.feedback": template}, ledger="sweep/ledger.sqlite",
+                             run_dir=None)
+        task = load_task(trial.task, seed=trial.seed)
+        assert trial.teacher.ledger == "sweep/ledger.sqlite" and trial.eval.split == "val" and task.val
+        assert task.prompts.cot_messages(task.train[0]) == P.teacher_cot_messages(task.train[0], "numeric",
+                                                                                  task="arith")
+        rendered.add(task.prompts.feedback_messages(task.train[0], "x")[1]["content"])
+    assert len(rendered) == 3

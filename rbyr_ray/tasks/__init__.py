@@ -91,10 +91,11 @@ def load_task(cfg: TaskConfig, seed: int = 0) -> TaskData:
         raise ValueError(f"unknown task {cfg.name!r}; available: {', '.join(TASKS)}")
     data = _load_raw(cfg)
     if cfg.file is None:
-        from .taskfile import TaskPrompts
+        from .taskfile import builtin_with_spec
 
         spec = TASKS[cfg.name]
-        data = replace(data, max_new_tokens=spec.max_new_tokens, prompts=TaskPrompts(spec.answer_type, task=cfg.name))
+        task_prompts, max_new_tokens = builtin_with_spec(cfg.name, spec.answer_type, spec.max_new_tokens, cfg.spec)
+        data = replace(data, max_new_tokens=max_new_tokens, prompts=task_prompts)
     train, val = list(data.train), list(data.val)
     if cfg.val_fraction > 0 and val:
         raise ValueError(f"task.val_fraction: the task file {cfg.file} has its own val split; set it to 0")

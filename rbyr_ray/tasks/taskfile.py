@@ -535,7 +535,7 @@ def _demos(tf: _File) -> tuple[tuple[str, tuple[str, ...], str, str], ...] | Non
     if few is None:
         return None
     if isinstance(few, str):
-        path = Path(tf.path).parent / few
+        path = Path(tf.path).parent / few if tf.path != SPEC_SOURCE else Path(few)
         if not path.is_file():
             raise tf.error(("prompts", "few_shot"), f"no such file: {_shown(str(path))}")
         text = path.read_text(encoding="utf-8")
@@ -548,6 +548,27 @@ def _demos(tf: _File) -> tuple[tuple[str, tuple[str, ...], str, str], ...] | Non
                            f"{_shown(str(path))}: expected a list of {{question, choices, rationale, answer}} "
                            f"({' '.join(str(exc).split())[:300]})") from None
     return tuple((d.question, tuple(d.choices), d.rationale, d.answer) for d in few)
+
+
+SPEC_SOURCE = "task.spec"
+
+
+class BuiltinSpec(_Spec):
+    """What `task.spec` may change of a built-in task until the built-ins are task files: prompts, budget."""
+
+    generation: GenerationSpec | None = None
+    prompts: PromptsSpec = PromptsSpec()
+
+
+def builtin_with_spec(name: str, answer_type: str, max_new_tokens: int, spec: dict) -> tuple[TaskPrompts, int]:
+    """A built-in task's prompts and generation budget with `task.spec` overrides (prompts.*, generation.*)."""
+    shown = tuple(f"{key}={json.dumps(value)}" for key, value in _flatten(spec))
+    checked = validate_config(spec, SPEC_SOURCE, {}, shown, model=BuiltinSpec, what=f"task.spec for task {name}")
+    tf = _File(TaskFile.model_construct(prompts=checked.prompts), SPEC_SOURCE)
+    p = checked.prompts
+    prompts_ = TaskPrompts(answer_type, task=name, answer_form=p.answer_form, system=p.teacher_system,
+                           demos=_demos(tf), feedback=p.feedback)
+    return prompts_, checked.generation.max_new_tokens if checked.generation else max_new_tokens
 
 
 def load_task_file(path: str | os.PathLike, overrides: dict | None = None, allow_hub: bool = False) -> TaskData:
