@@ -19,7 +19,8 @@ from pathlib import Path
 def register(subparsers) -> None:
     p = subparsers.add_parser("eval", help="evaluate a student on a task split (Ray Data exam pipeline)",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--task", required=True, help="arith, gsm8k, svamp, multiarith, asdiv, csqa, strategyqa")
+    p.add_argument("--task", required=True,
+                   help="arith, gsm8k, svamp, multiarith, asdiv, csqa, strategyqa, or a task file (docs/tasks.md)")
     p.add_argument("--model", default="smollm2-135m",
                    help="embedded name, HF folder, .gguf file, LoRA adapter folder (default: smollm2-135m)")
     p.add_argument("--engine", choices=["hf", "vllm"], default=None, help="default: exam.engine of the config")

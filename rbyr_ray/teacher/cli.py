@@ -25,7 +25,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--backend", choices=["solver", "reference", "student"], default="solver",
                    help="student: the student model itself answers (STaR-style), needs --model-path")
     s.add_argument("--model-path", default=None, help="HF folder of the student, for --backend student")
-    s.add_argument("--task", default=None, help="the task the reference backend answers (default: arith)")
+    s.add_argument("--task", default=None, help="the task the reference backend answers: a built-in task's name or "
+                                                "a task file (default: arith)")
     s.add_argument("--data-dir", default=None, help="benchmark folder for the reference backend")
     s.add_argument("--task-config", default=None, help="YAML of a task section (arith settings, templates)")
     s.add_argument("--host", default="127.0.0.1", help="bind address (loopback unless you mean otherwise)")
@@ -52,7 +53,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.set_defaults(func=cmd_serve)
 
     a = tsub.add_parser("annotate", help="ask the teacher for rationales of a task's questions (round 1 alone)")
-    a.add_argument("--task", required=True)
+    a.add_argument("--task", required=True, help="a built-in task's name or a task file")
     a.add_argument("--split", default="train", choices=["train", "test", "val"])
     a.add_argument("--limit", type=int, default=None, help="only the first N questions")
     a.add_argument("--samples", type=int, default=None, help="k rationales per question")
@@ -79,8 +80,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.task_config:
         with open(args.task_config) as fh:
             task_data = yaml.safe_load(fh) or {}
-    if args.task:
-        task_data["name"] = args.task
+    if args.task:  # a built-in task's name, or a task file (`reference` answers from its worked solutions)
+        from ..tasks import TASKS
+
+        task_data.update({"name": args.task, "file": None} if args.task in TASKS else {"name": None, "file": args.task})
     if args.data_dir:
         task_data["data_dir"] = args.data_dir
     task_cfg = TaskConfig.model_validate(task_data)
