@@ -454,3 +454,81 @@ def test_likelihood_gradients_skip_items_without_a_negative(model, kind):
     assert all(row_norm[t] > 0 for t in [30, 31, 32, 33, 34, 35, 36, 37, 38]), "the rejected tokens get a gradient"
     assert row_norm[19] == 0 and row_norm[45] == 0, "the item without a negative has no L_kind gradient"
     assert not math.isnan(row_norm.sum().item())
+
+
+# ------------------------------------------------------------------------------------------------ bounded memory:
+# the chunked log-likelihoods (logits from hidden states through the LM head, a few positions at a time) and the
+# trainer's token-budget micro-batches compute the same loss and gradients as the whole batch's full logits.
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 1000])
+def test_chunked_log_likelihoods_equal_the_full_logits_ones_with_gradients(model, chunk):
+    from rbyr_ray.train.losses import sequence_logp_chunked, weighted_lm_loss_chunked
+
+    batch = collate(ranking_items(), PAD, W_PREFIX, kind="ranking")
+    hidden = model.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    hidden = hidden.detach().requires_grad_(True)
+    full = weighted_lm_loss(model.lm_head(hidden), batch["labels"], batch["weights"])
+    (grad_full,) = torch.autograd.grad(full, hidden)
+    chunked = weighted_lm_loss_chunked(hidden, model.lm_head, batch["labels"], batch["weights"], chunk)
+    (grad_chunked,) = torch.autograd.grad(chunked, hidden)
+    assert chunked.item() == pytest.approx(full.item(), rel=1e-12)
+    assert torch.allclose(grad_chunked, grad_full, rtol=1e-10, atol=1e-14)
+    want = sequence_logp(model.lm_head(hidden), batch["input_ids"], batch["target_mask"])
+    got = sequence_logp_chunked(hidden, model.lm_head, batch["input_ids"], batch["target_mask"], chunk)
+    assert torch.allclose(got, want, rtol=1e-12) and got.shape == (4,)
+    (g1,) = torch.autograd.grad(got.sum(), hidden)
+    (g2,) = torch.autograd.grad(want.sum(), hidden)
+    assert torch.allclose(g1, g2, rtol=1e-10, atol=1e-14)
+
+
+def _grads(module) -> torch.Tensor:
+    return torch.cat([p.grad.reshape(-1) for p in module.parameters() if p.grad is not None])
+
+
+@pytest.mark.parametrize("kind", ["triplet", "ranking", "hinge", "redi", "dpop"])
+def test_objective_chunked_equals_full_logits(model, kind):
+    rows = items() if kind == "triplet" else with_reference(ranking_items(), model)
+    batch = collate(rows, PAD, W_PREFIX, kind=kind)
+    results = []
+    for chunk in (0, 2):
+        model.zero_grad()
+        out = ReflectionObjective(model, weight=0.7, margin=0.3, kind=kind, chunk_tokens=chunk)(batch)
+        out["loss"].backward()
+        results.append((out["loss"].item(), out["ref_loss"].item(), _grads(model)))
+    model.zero_grad()
+    (loss0, ref0, grad0), (loss2, ref2, grad2) = results
+    assert ref0 > 0 or kind == "redi"
+    assert loss2 == pytest.approx(loss0, rel=1e-12) and ref2 == pytest.approx(ref0, rel=1e-10, abs=1e-14)
+    assert torch.allclose(grad2, grad0, rtol=1e-9, atol=1e-13)
+
+
+@pytest.mark.parametrize("kind", ["triplet", "ranking"])
+def test_token_budget_micro_batches_give_the_whole_batch_gradient(model, kind):
+    """trainer.run_batch with a budget that cuts the batch into one item per micro-batch: the same L_lm, the same
+    item sums of L_ref and the same accumulated gradient as the batch in one forward."""
+    from rbyr_ray.config import TrainConfig
+    from rbyr_ray.train.trainer import micro_batches, run_batch
+
+    rows = items() if kind == "triplet" else with_reference(ranking_items(), model)
+    rows = [dict(row, has_negative=len(row["neg_ids"]) > 0) for row in rows]
+    results = []
+    for budget in (None, 1):  # 1: every item alone
+        cfg = TrainConfig(w_prefix=W_PREFIX, max_tokens_per_micro_batch=budget, logits_chunk_tokens=0,
+                          reflection={"kind": kind, "weight": 0.7, "margin": 0.3})
+        model.zero_grad()
+        done = run_batch(ReflectionObjective(model, weight=0.7, margin=0.3, kind=kind), rows,
+                         list(range(len(rows))), cfg, PAD, torch.device("cpu"), None, seed=0)
+        results.append((done, _grads(model)))
+    model.zero_grad()
+    (whole, grad_whole), (split, grad_split) = results
+    assert whole["micro"] == 1 and split["micro"] == len(rows)
+    if kind == "triplet":  # shortest first (item 2 has no triplet: its anchor alone); a large budget: one batch
+        assert micro_batches(rows, [0, 1, 2], 1, kind, True) == [[2], [1], [0]]
+        assert micro_batches(rows, [0, 1, 2], 10_000, kind, True) == [[0, 1, 2]]
+    assert split["lm_loss"] == pytest.approx(whole["lm_loss"], rel=1e-12)
+    assert split["n_valid"] == whole["n_valid"] > 0
+    assert split["item_sums"] == pytest.approx(whole["item_sums"], rel=1e-10)
+    # Alone, the item without what L_ref needs skips the extra forward its bare prefix stood in for.
+    assert whole["tokens"] - split["tokens"] == (2 * 4 if kind == "triplet" else 2)
+    assert torch.allclose(grad_split, grad_whole, rtol=1e-9, atol=1e-13)

@@ -66,6 +66,48 @@ def sequence_logp(logits: torch.Tensor, labels: torch.Tensor, target_mask: torch
     return (logp * mask).sum(1)
 
 
+# ------------------------------------------------------------------------------------------------ chunked: the same
+# two quantities from final hidden states [B,T,H] and the LM head, never holding [B,T,V] logits. A causal LM's logits
+# are head(hidden); only the positions a loss reads get logits, `chunk` of them at a time, and each chunk's are
+# recomputed in the backward pass instead of kept (vocab 49152 x 8 sequences x 318 tokens is 0.5 GB per float32 copy).
+
+
+def _chunk_logp(head: torch.nn.Module, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    return -F.cross_entropy(_at_least_fp32(head(hidden)), labels, reduction="none")
+
+
+def token_logps(hidden: torch.Tensor, head: torch.nn.Module, labels: torch.Tensor, mask: torch.Tensor,
+                chunk: int) -> torch.Tensor:
+    """log p(label t+1 | tokens <= t) at the positions where mask[:, 1:] is true, flattened [N] (row-major), from
+    hidden [B,T,H]; the logits of at most `chunk` positions exist at once, in the forward and the backward pass."""
+    from torch.utils.checkpoint import checkpoint
+
+    keep = mask[:, 1:].bool()
+    rows, targets = hidden[:, :-1][keep], labels[:, 1:][keep].clamp(min=0)
+    parts = [checkpoint(_chunk_logp, head, rows[i:i + chunk], targets[i:i + chunk], use_reentrant=False)
+             if torch.is_grad_enabled() else _chunk_logp(head, rows[i:i + chunk], targets[i:i + chunk])
+             for i in range(0, rows.size(0), chunk)]
+    return torch.cat(parts) if parts else rows.new_zeros(0)
+
+
+def weighted_lm_loss_chunked(hidden: torch.Tensor, head: torch.nn.Module, labels: torch.Tensor,
+                             weights: torch.Tensor, chunk: int) -> torch.Tensor:
+    """weighted_lm_loss(head(hidden), labels, weights), computed `chunk` token positions at a time."""
+    mask = labels != IGNORE
+    logp = token_logps(hidden, head, labels, mask, chunk)
+    w = weights[:, 1:][mask[:, 1:]].to(logp.dtype)
+    return -(logp * w).sum() / mask[:, 1:].sum().clamp(min=1)
+
+
+def sequence_logp_chunked(hidden: torch.Tensor, head: torch.nn.Module, labels: torch.Tensor,
+                          target_mask: torch.Tensor, chunk: int) -> torch.Tensor:
+    """sequence_logp(head(hidden), labels, target_mask) [B], computed `chunk` token positions at a time."""
+    keep = target_mask[:, 1:].bool()
+    logp = token_logps(hidden, head, labels, target_mask, chunk)
+    rows = keep.nonzero()[:, 0]
+    return logp.new_zeros(labels.size(0)).index_add(0, rows, logp)
+
+
 def preference_loss(chosen_logp: torch.Tensor, rejected_logp: torch.Tensor, ref_chosen_logp: torch.Tensor,
                     ref_rejected_logp: torch.Tensor, valid: torch.Tensor, beta: float = 0.1) -> torch.Tensor:
     """DPO's loss on [B] summed log-likelihoods: the teacher's rationale (chosen) over the student's mistake (rejected).

@@ -21,6 +21,8 @@ hinges; dpop: TRL's rewards and the mean penalty term max(0, log pi_ref(t) - log
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -34,9 +36,11 @@ from .losses import (
     redi_loss,
     reflection_loss,
     sequence_logp,
+    sequence_logp_chunked,
     target_tokens,
     total_loss,
     weighted_lm_loss,
+    weighted_lm_loss_chunked,
 )
 
 _REWARDS = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies")
@@ -56,31 +60,69 @@ def _backbone(model: nn.Module) -> nn.Module:
     return base.get_decoder()
 
 
+@dataclass
+class _Pass:
+    """One forward over a batch of sequences: full logits [B,T,V], or (chunked) only the final hidden states."""
+
+    logits: torch.Tensor | None
+    hidden: torch.Tensor | None  # final (normed) hidden states [B,T,H], when asked for or chunked
+
+
 class ReflectionObjective(nn.Module):
+    """`chunk_tokens` > 0: losses on log-likelihoods get logits from the hidden states through the LM head that
+    many token positions at a time (losses.token_logps), never the whole batch's [B,T,V]; 0: the model's logits.
+    A batch may carry `lm_share` and `ref_share`: its part of a larger batch's L_lm and L_ref (the trainer's
+    token-budget micro-batches; see trainer.run_batch), so that summed gradients are the whole batch's."""
+
     def __init__(self, model: nn.Module, weight: float = 0.5, margin: float = 1.0, pooling: str = "last",
-                 kind: str = "triplet", beta: float = 0.1, penalty: float = DPOP_PENALTY):
+                 kind: str = "triplet", beta: float = 0.1, penalty: float = DPOP_PENALTY, chunk_tokens: int = 0):
         super().__init__()
         self.model, self.weight, self.margin, self.pooling, self.kind, self.beta = model, weight, margin, pooling, kind, beta
-        self.penalty = penalty
+        self.penalty, self.chunk_tokens = penalty, chunk_tokens
+
+    def _pass(self, ids: torch.Tensor, mask: torch.Tensor, hidden: bool = False) -> _Pass:
+        if self.chunk_tokens:
+            return _Pass(None, _backbone(self.model)(input_ids=ids, attention_mask=mask).last_hidden_state)
+        out = self.model(input_ids=ids, attention_mask=mask, output_hidden_states=hidden)
+        return _Pass(out.logits, out.hidden_states[-1] if hidden else None)
+
+    def _head(self) -> nn.Module:
+        return self.model.get_output_embeddings()
+
+    def _lm_loss(self, p: _Pass, batch: dict) -> torch.Tensor:
+        if p.logits is not None:
+            return weighted_lm_loss(p.logits, batch["labels"], batch["weights"])
+        return weighted_lm_loss_chunked(p.hidden, self._head(), batch["labels"], batch["weights"], self.chunk_tokens)
+
+    def _seq_logp(self, p: _Pass, ids: torch.Tensor, target_mask: torch.Tensor) -> torch.Tensor:
+        if p.logits is not None:
+            return sequence_logp(p.logits, ids, target_mask)
+        return sequence_logp_chunked(p.hidden, self._head(), ids, target_mask, self.chunk_tokens)
+
+    @staticmethod
+    def _shares(lm: torch.Tensor, ref: torch.Tensor, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """This batch's parts of a larger batch's L_lm and L_ref (1 and 1 for a whole batch)."""
+        lm_share, ref_share = batch.get("lm_share"), batch.get("ref_share")
+        return (lm if lm_share is None else lm * lm_share.to(lm.dtype),
+                ref if ref_share is None else ref * ref_share.to(ref.dtype))
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         # One pass over the anchors gives L_lm, the anchor representations and the chosen log-likelihoods.
         triplet = self.kind == "triplet"
-        out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                         output_hidden_states=self.weight > 0 and triplet)
-        lm = weighted_lm_loss(out.logits, batch["labels"], batch["weights"])
+        out = self._pass(batch["input_ids"], batch["attention_mask"], hidden=self.weight > 0 and triplet)
+        lm = self._lm_loss(out, batch)
         valid = batch["valid"].bool()
         if self.weight == 0 or not bool(valid.any()):
-            ref = out.logits.sum() * 0.0  # zero, attached to the graph (DDP sees every parameter used)
-            return {"loss": total_loss(lm, ref, self.weight), "lm_loss": lm.detach(), "ref_loss": ref.detach(),
+            ref = lm * 0.0  # zero, attached to the graph (DDP sees every parameter used)
+            return {"loss": total_loss(*self._shares(lm, ref, batch), self.weight), "lm_loss": lm.detach(), "ref_loss": ref.detach(),
                     "n_valid": torch.zeros((), device=lm.device)}
         if triplet:
-            ref, signals = self._triplet(out.hidden_states[-1], batch, valid)
+            ref, signals = self._triplet(out.hidden, batch, valid)
         elif self.kind == "ranking":
-            ref, signals = self._ranking(out.logits, batch, valid)
+            ref, signals = self._ranking(out, batch, valid)
         else:
-            ref, signals = self._likelihood(out.logits, batch, valid)
-        return {"loss": total_loss(lm, ref, self.weight), "lm_loss": lm.detach(), "ref_loss": ref.detach(),
+            ref, signals = self._likelihood(out, batch, valid)
+        return {"loss": total_loss(*self._shares(lm, ref, batch), self.weight), "lm_loss": lm.detach(), "ref_loss": ref.detach(),
                 "n_valid": valid.sum().to(lm.dtype), **signals}
 
     def _triplet(self, hidden: torch.Tensor, batch: dict, valid: torch.Tensor) -> tuple[torch.Tensor, dict]:
@@ -103,8 +145,8 @@ class ReflectionObjective(nn.Module):
                        "reflection_active": (gap < self.margin).double().mean()}  # the hinge acts where Δ < margin
         return ref, signals
 
-    def _ranking(self, logits: torch.Tensor, batch: dict, valid: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        chosen = sequence_logp(logits, batch["input_ids"], batch["target_mask"])
+    def _ranking(self, anchors: _Pass, batch: dict, valid: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        chosen = self._seq_logp(anchors, batch["input_ids"], batch["target_mask"])
         rejected = self._logp(batch["neg_input_ids"], batch["neg_attention_mask"], batch["neg_target_mask"])
         ref = preference_loss(chosen, rejected, batch["ref_chosen_logp"], batch["ref_rejected_logp"], valid, self.beta)
         return ref, self._rewards(chosen, rejected, batch, valid)
@@ -118,9 +160,9 @@ class ReflectionObjective(nn.Module):
                 "rewards/margins": (r_chosen - r_rejected).mean(),
                 "rewards/accuracies": (r_chosen > r_rejected).double().mean()}
 
-    def _likelihood(self, logits: torch.Tensor, batch: dict, valid: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    def _likelihood(self, anchors: _Pass, batch: dict, valid: torch.Tensor) -> tuple[torch.Tensor, dict]:
         """hinge, redi, dpop: on the summed (dpop) or mean token (hinge, redi) log-likelihoods of t and m."""
-        chosen = sequence_logp(logits, batch["input_ids"], batch["target_mask"])
+        chosen = self._seq_logp(anchors, batch["input_ids"], batch["target_mask"])
         rejected = self._logp(batch["neg_input_ids"], batch["neg_attention_mask"], batch["neg_target_mask"])
         chosen_mean = chosen / target_tokens(batch["target_mask"])
         rejected_mean = rejected / target_tokens(batch["neg_target_mask"])
@@ -142,7 +184,7 @@ class ReflectionObjective(nn.Module):
         return ref, signals
 
     def _logp(self, ids: torch.Tensor, mask: torch.Tensor, target_mask: torch.Tensor) -> torch.Tensor:
-        return sequence_logp(self.model(input_ids=ids, attention_mask=mask).logits, ids, target_mask)
+        return self._seq_logp(self._pass(ids, mask), ids, target_mask)
 
     @torch.no_grad()
     def reference_logps(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
