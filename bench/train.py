@@ -7,6 +7,14 @@
 3. MFU = 6 * params * tokens/s / matmul peak, the peak measured here in the same run (goal >= 30%).
 
     .venv/bin/python bench/train.py [--items 48] [--steps 4] [--gpu]
+
+`--memory`: peak resident memory per optimizer step against the tokens of its batch, in one process without Ray,
+on the real student and gsm8k's longest questions (items as configs/cpu/gsm8k.yaml makes them: the dataset's worked
+solution as the rationale, another phrasing as the positive, a wrong one as the negative), through the trainer's
+own step (trainer.run_batch). key=value overrides set the memory keys (docs/memory.md):
+
+    .venv/bin/python bench/train.py --memory [--items 24] [--steps 3] train.max_tokens_per_micro_batch=null \
+        train.logits_chunk_tokens=0 [train.gradient_checkpointing=true] [--no-trim]
 """
 
 from __future__ import annotations
@@ -14,18 +22,28 @@ from __future__ import annotations
 import argparse
 import os
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 import pandas as pd
 import torch
 
-from rbyr_ray.config import ArithConfig, ExperimentConfig
+from rbyr_ray.config import ArithConfig, ExperimentConfig, TaskConfig, load_config
 from rbyr_ray.student.models import load_tokenizer, resolve_model_dir
+from rbyr_ray.tasks import gold_rationale, load_task
 from rbyr_ray.tasks.arith import generate
+from rbyr_ray.train import trainer
 from rbyr_ray.train.data import build_train_items, collate
 from rbyr_ray.train.objective import ReflectionObjective
-from rbyr_ray.train.trainer import autocast_dtype, build_model, plan_batches, train_round
+from rbyr_ray.train.trainer import (
+    autocast_dtype,
+    build_model,
+    item_length,
+    plan_batches,
+    run_batch,
+    train_round,
+)
 
 
 def make_items(student: str, n: int, cfg: ExperimentConfig) -> pd.DataFrame:
@@ -37,6 +55,83 @@ def make_items(student: str, n: int, cfg: ExperimentConfig) -> pd.DataFrame:
     mistakes = {r.id: [f"{r.solution[:-1]}3. So the result is wrong.\nAnswer: {r.answer}3"] for r in records}
     return build_train_items(teacher, mistakes, {r.id: r for r in records}, load_tokenizer(student), cfg.train,
                              answer_type="numeric", seed=0)
+
+
+def gsm8k_items(student: str, n: int, cfg: ExperimentConfig) -> pd.DataFrame:
+    """Real gsm8k items, the longest of the first 300 questions (what batches the trainer's memory must bound)."""
+    records = [r for r in load_task(TaskConfig(name="gsm8k", train_limit=300)).train if gold_rationale("gsm8k", r)]
+    rationale = {r.id: gold_rationale("gsm8k", r) for r in records}
+    records = sorted(records, key=lambda r: -len(r.question + rationale[r.id]))[: (n + 1) // 2]
+    teacher = pd.DataFrame(
+        [{"id": r.id, "sample": 0, "rationale": rationale[r.id], "accepted": True} for r in records]
+        + [{"id": r.id, "sample": 1, "rationale": f"Let us think step by step. {rationale[r.id]}", "accepted": True}
+           for r in records])
+    mistakes = {r.id: [f"{rationale[r.id].rsplit(' ', 1)[0]} 7.\nAnswer: 7"] for r in records}
+    return build_train_items(teacher, mistakes, {r.id: r for r in records}, load_tokenizer(student), cfg.train,
+                             answer_type="numeric", seed=0)
+
+
+def rss() -> int:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class PeakRSS:
+    """Resident memory sampled every 2 ms by a thread (torch releases the GIL inside its kernels): the peak since
+    the last reset, which ru_maxrss cannot give per step."""
+
+    def __init__(self, every: float = 0.002):
+        self.peak, self._every, self._stop = rss(), every, threading.Event()
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._every):
+            self.peak = max(self.peak, rss())
+
+    def reset(self) -> None:
+        self.peak = rss()
+
+    def close(self) -> None:
+        self._stop.set()
+
+
+def memory_loop(student: str, items: list[dict], cfg: ExperimentConfig, steps: int, trim: bool) -> None:
+    """The worker's step (trainer.run_batch, clip, AdamW) on one process: peak RSS per step against its tokens."""
+    tcfg, rcfg = cfg.train, cfg.train.reflection
+    if not trim:
+        trainer.release_free_memory = lambda: None  # what the worker calls after each step
+    torch.manual_seed(0)
+    model = build_model(student, tcfg)
+    objective = ReflectionObjective(model, rcfg.weight, rcfg.margin, rcfg.pooling, rcfg.kind, rcfg.beta,
+                                    chunk_tokens=tcfg.logits_chunk_tokens)
+    optimizer = torch.optim.AdamW([p for p in objective.parameters() if p.requires_grad], lr=tcfg.lr)
+    plan = plan_batches([str(i["id"]) for i in items], tcfg, world=1, seed=0,
+                        lengths=[item_length(i, rcfg.kind) for i in items])
+    pad_id = load_tokenizer(student).pad_token_id
+    sampler = PeakRSS()
+    print(f"model loaded: RSS {rss() / 2**30:.2f} GiB; attention {model.config._attn_implementation}; "
+          f"max_tokens_per_micro_batch {tcfg.max_tokens_per_micro_batch}, logits_chunk_tokens "
+          f"{tcfg.logits_chunk_tokens}, gradient_checkpointing {tcfg.gradient_checkpointing}, malloc_trim {trim}")
+    objective.train()
+    for step in range(steps):
+        _, indices = plan[step % len(plan)]
+        sampler.reset()
+        started = time.perf_counter()
+        torch.manual_seed(step)
+        done = run_batch(objective, items, indices, tcfg, pad_id, torch.device("cpu"), None, seed=step)
+        torch.nn.utils.clip_grad_norm_([p for p in objective.parameters() if p.requires_grad], tcfg.max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        loss, micro, padded, tokens = done["lm_loss"], done["micro"], done["padded"], done["tokens"]
+        del done
+        trainer.release_free_memory()
+        seconds = time.perf_counter() - started
+        seqs = len(indices) * (3 if rcfg.weight > 0 and rcfg.kind == "triplet" else 2 if rcfg.weight > 0 else 1)
+        print(f"step {step + 1}: {len(indices)} items ({seqs} sequences), {tokens} tokens, {sum(padded)} padded "
+              f"in {micro} micro-batches (largest {max(padded)}); peak RSS {sampler.peak / 2**30:.2f} GiB, "
+              f"after the step {rss() / 2**30:.2f} GiB; {seconds:.1f} s ({tokens / seconds:.0f} tok/s); "
+              f"lm_loss {loss:.5f}", flush=True)
+    sampler.close()
 
 
 def matmul_peak(device: torch.device, dtype: torch.dtype, n: int = 2048, reps: int = 5) -> float:
@@ -64,7 +159,8 @@ def plain_loop(student: str, items: list[dict], cfg: ExperimentConfig, weights: 
     tcfg = cfg.train
     torch.manual_seed(0)
     model = build_model(student, tcfg).to(device)
-    objective = ReflectionObjective(model, 0.0, tcfg.reflection.margin, tcfg.reflection.pooling)
+    objective = ReflectionObjective(model, 0.0, tcfg.reflection.margin, tcfg.reflection.pooling,
+                                    chunk_tokens=tcfg.logits_chunk_tokens)
     optimizer = torch.optim.AdamW([p for p in objective.parameters() if p.requires_grad], lr=tcfg.lr)
     amp = autocast_dtype(device, tcfg.bf16)
     plan = plan_batches([str(i["id"]) for i in items], tcfg, world=1, seed=0)[: steps + 1]
@@ -101,7 +197,20 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=48, help="items built (two per question)")
     parser.add_argument("--steps", type=int, default=2, help="measured steps per loop (after one warm-up step)")
     parser.add_argument("--gpu", action="store_true")
+    parser.add_argument("--memory", action="store_true", help="peak RSS per step on gsm8k-shaped batches")
+    parser.add_argument("--no-trim", action="store_true", help="--memory: no malloc_trim after each step")
+    parser.add_argument("overrides", nargs="*", help="--memory: config overrides, e.g. train.logits_chunk_tokens=0")
     args = parser.parse_args()
+    if args.memory:
+        torch.set_num_threads(os.cpu_count() or 1)
+        student = resolve_model_dir("smollm2-135m")
+        # configs/cpu/gsm8k.yaml's training (from configs/demo.yaml): batch 8, LoRA r=16, triplets at lambda 0.5.
+        cfg = load_config("configs/cpu/gsm8k.yaml", args.overrides)
+        items = gsm8k_items(student, args.items, cfg).to_dict("records")
+        print(f"{len(items)} gsm8k items, longest anchor {max(len(i['input_ids']) for i in items)} tokens, "
+              f"batch {cfg.train.batch_size}, {os.cpu_count()} threads")
+        memory_loop(student, items, cfg, args.steps, trim=not args.no_trim)
+        return
 
     device = torch.device("cuda" if args.gpu else "cpu")
     threads = torch.get_num_threads() if args.gpu else (os.cpu_count() or 1)

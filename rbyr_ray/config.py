@@ -251,6 +251,15 @@ class TrainConfig(_Section):
     checkpoint_every_steps: int = Field(50, ge=1)
     max_failures: int = Field(2, ge=0)
     threads_per_worker: int | None = Field(None, ge=1)
+    # Memory (docs/memory.md): these change what a step holds at once, not what it computes, so a run dir may be
+    # resumed with other values (MEMORY_KEYS). Activations grow with the padded tokens of one forward (~2 MB per
+    # token for SmolLM2-135M in float32): a planned batch is cut into micro-batches of at most this many padded
+    # tokens whose gradients add up to the batch's (None: the whole batch at once). 1536: the demo's batches (<= ~1,500)
+    # stay whole; a gsm8k triplet item (~3 x 325) runs alone, ~4.5 GB.
+    max_tokens_per_micro_batch: int | None = Field(1536, ge=1)
+    # Token positions whose full-vocabulary logits exist at once in the loss (0: the model's [B,T,V] logits).
+    logits_chunk_tokens: int = Field(1024, ge=0)
+    gradient_checkpointing: bool = False  # recompute each layer's activations in the backward (~1/3 more time)
 
 
 def round_train(train: TrainConfig, k: int) -> TrainConfig:
@@ -260,6 +269,10 @@ def round_train(train: TrainConfig, k: int) -> TrainConfig:
     if k < rcfg.start_round:
         return train.model_copy(update={"reflection": rcfg.model_copy(update={"weight": 0.0})})
     return train.model_copy(update={"lr": rcfg.lr}) if rcfg.lr is not None else train
+
+
+# Keys that change a run's memory, not its results: a run dir may be resumed with other values (rundir.py).
+MEMORY_KEYS = ("train.max_tokens_per_micro_batch", "train.logits_chunk_tokens", "train.gradient_checkpointing")
 
 
 class RayConfig(_Section):

@@ -75,7 +75,9 @@ def test_plan_is_question_disjoint_and_whole_steps():
 
 
 def test_two_ddp_workers_train_lora_and_export_a_merged_model(ray_cluster, train_data, student, tmp_path):
-    result = train_round(train_data, student, tmp_path, config(), seed=0)
+    # A token budget below one worker's slice (2 items, ~2 x 3 x 40 padded tokens): every slice runs as 2
+    # micro-batches, gradients accumulated without an all-reduce until the last, and the replicas still agree.
+    result = train_round(train_data, student, tmp_path, config(max_tokens_per_micro_batch=150), seed=0)
     # 12 items, batches of 4 -> 3 steps per epoch, 3 epochs; the loss falls on a set it can overfit.
     assert result.steps == 9
     assert result.epoch_lm_loss[-1] < 0.8 * result.epoch_lm_loss[0], result.epoch_lm_loss
@@ -130,3 +132,47 @@ def test_ranking_prefers_the_teacher_rationale_over_the_mistake(ray_cluster, tra
     assert signals["rewards/margins"] > 0 and signals["rewards/accuracies"] > 0.5, signals
     assert 0 < result.reflection_loss < math.log(2)
     assert result.replica_max_diff == 0.0
+
+
+def test_chunked_logits_and_micro_batches_match_the_whole_batch_on_the_real_student(train_data, student):
+    """SmolLM2-135M in float32 on a real collated batch (no Ray): the loss from logits computed a few positions at
+    a time through the LM head equals the full-logits loss, and token-budget micro-batches give the whole
+    batch's L_lm and gradient (docs/memory.md)."""
+    from rbyr_ray.train.data import collate
+    from rbyr_ray.train.objective import ReflectionObjective
+    from rbyr_ray.train.trainer import build_model, run_batch
+
+    items = [{k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in row.items()}
+             for row in pd.read_parquet(train_data).to_dict("records")][:4]
+    cfg = config(lora={"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}).train
+    torch.manual_seed(0)
+    model = build_model(student, cfg)
+    pad_id = load_tokenizer(student).pad_token_id
+    batch = collate(items, pad_id, cfg.w_prefix)
+
+    def trained() -> torch.Tensor:
+        grads = torch.cat([p.grad.reshape(-1) for p in model.parameters() if p.grad is not None])
+        model.zero_grad(set_to_none=True)
+        return grads
+
+    losses, grads = {}, {}
+    for chunk in (0, 7):
+        out = ReflectionObjective(model, 0.5, chunk_tokens=chunk)(batch)
+        out["loss"].backward()
+        losses[chunk], grads[chunk] = (out["lm_loss"].item(), out["ref_loss"].item()), trained()
+    print("full logits (lm, ref):", losses[0], "chunked:", losses[7])
+    assert losses[0][0] > 0.1 and losses[0][1] > 0
+    assert losses[7] == pytest.approx(losses[0], abs=1e-5)
+    assert torch.allclose(grads[7], grads[0], rtol=1e-3, atol=1e-6)
+
+    done = {}
+    for budget in (None, 150):  # 150: one item per micro-batch
+        tcfg = cfg.model_copy(update={"max_tokens_per_micro_batch": budget, "logits_chunk_tokens": 7})
+        done[budget] = run_batch(ReflectionObjective(model, 0.5, chunk_tokens=7), items, [0, 1, 2, 3], tcfg, pad_id,
+                                 torch.device("cpu"), None, seed=0)
+        grads[budget] = trained()
+    assert done[None]["micro"] == 1 and done[150]["micro"] == 4
+    assert done[150]["lm_loss"] == pytest.approx(done[None]["lm_loss"], abs=1e-5)
+    assert done[None]["lm_loss"] == pytest.approx(losses[0][0], abs=1e-5)
+    assert done[150]["item_sums"][0] == pytest.approx(done[None]["item_sums"][0], abs=1e-5)
+    assert torch.allclose(grads[150], grads[None], rtol=1e-3, atol=1e-6)

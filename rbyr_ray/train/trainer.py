@@ -15,9 +15,12 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import logging
 import math
 import os
+import re
+import shutil
 import signal
 import tempfile
 import threading
@@ -28,11 +31,13 @@ from pathlib import Path
 import torch
 
 from ..config import ExperimentConfig, TrainConfig
+from ..errors import RunError
 from ..placement import wait_actors_dead
 from ..ray_utils import init_ray
 from ..student.models import bf16_native
 from ..testhooks import env_name, test_hook
 from .data import collate, question_batches
+from .losses import IGNORE
 from .objective import PAIR_KINDS, REFERENCE_KINDS, SIGNALS, ReflectionObjective
 
 log = logging.getLogger(__name__)
@@ -62,6 +67,7 @@ class TrainResult:
     # Per worker: rank, pid and the item indices of its slice of every micro-batch (since a restart, if any).
     workers: list[dict] = field(default_factory=list)
     signals: dict[str, float] = field(default_factory=dict)  # SIGNALS[kind]: Δ and active, or TRL's rewards/*
+    peak_rss_gb: float = 0.0  # the largest peak resident memory of a worker (a restarted one: since its restart)
 
 
 # ------------------------------------------------------------------------------------------------ the plan
@@ -72,6 +78,39 @@ def item_length(item: dict, kind: str) -> int:
     if kind in PAIR_KINDS:
         return len(item["input_ids"]) + len(item["neg_ids"])
     return len(item["input_ids"]) + (len(item["pos_ids"]) + len(item["neg_ids"]) if item["valid"] else 0)
+
+
+def padded_tokens(group: list[dict], kind: str, with_ref: bool) -> int:
+    """Token positions the forwards of these items hold together, padding included (collate pads each forward's
+    sequences to its longest; an item without a sequence stands in its bare prefix): what activations scale with."""
+    n = len(group)
+    anchors = n * max(len(item["input_ids"]) for item in group)
+    if not with_ref:
+        return anchors
+
+    def width(item: dict, key: str) -> int:
+        return len(item[key]) or int(item["n_prefix"])
+
+    if kind in PAIR_KINDS:
+        return anchors + n * max(width(item, "neg_ids") for item in group)
+    if not any(item["valid"] for item in group):
+        return anchors  # no triplet: the positives' and negatives' forward does not run
+    return anchors + 2 * n * max(max(width(item, "pos_ids"), width(item, "neg_ids")) for item in group)
+
+
+def micro_batches(items: list[dict], indices: list[int], budget: int | None, kind: str,
+                  with_ref: bool) -> list[list[int]]:
+    """`indices` (one worker's slice of a planned batch) cut into micro-batches of at most `budget` padded tokens
+    (train.max_tokens_per_micro_batch; an item longer than that alone). The slice whole when it fits or budget is
+    None; else shortest items first, so that a micro-batch pads little."""
+    if not budget or padded_tokens([items[i] for i in indices], kind, with_ref) <= budget:
+        return [list(indices)]
+    groups: list[list[int]] = [[]]
+    for i in sorted(indices, key=lambda i: item_length(items[i], kind)):
+        if groups[-1] and padded_tokens([items[j] for j in [*groups[-1], i]], kind, with_ref) > budget:
+            groups.append([])
+        groups[-1].append(i)
+    return groups
 
 
 def plan_batches(ids: list[str], cfg: TrainConfig, world: int, seed: int,
@@ -110,6 +149,8 @@ def build_model(init_model: str, cfg: TrainConfig) -> torch.nn.Module:
     from ..student.models import load_model
 
     model = load_model(init_model, dtype="float32")
+    if cfg.gradient_checkpointing:  # keep each layer's input only; recompute its activations in the backward pass
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if not cfg.lora.enabled:
         return model
     from peft import LoraConfig as PeftLoraConfig
@@ -204,8 +245,11 @@ def reference_logps(objective: ReflectionObjective, items: list[dict], indices: 
         items[i]["ref_chosen_logp"] = items[i]["ref_rejected_logp"] = 0.0  # items without a negative: unused
     tokens = 0
     objective.eval()  # no dropout: pi_ref is a fixed function
-    for start in range(0, len(todo), cfg.batch_size):
-        chunk = [items[i] for i in todo[start:start + cfg.batch_size]]
+    groups = [group for start in range(0, len(todo), cfg.batch_size)
+              for group in micro_batches(items, todo[start:start + cfg.batch_size], cfg.max_tokens_per_micro_batch,
+                                         "ranking", True)]
+    for group in groups:
+        chunk = [items[i] for i in group]
         batch = {k: v.to(device) for k, v in collate(chunk, pad_id, cfg.w_prefix, "ranking").items()}
         with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
             chosen, rejected = objective.reference_logps(batch)
@@ -214,6 +258,93 @@ def reference_logps(objective: ReflectionObjective, items: list[dict], indices: 
         tokens += int(batch["attention_mask"].sum() + batch["neg_attention_mask"].sum())
     objective.train()
     return tokens
+
+
+def label_tokens(batch: dict) -> int:
+    """The positions weighted_lm_loss divides by: every non-pad label after the first token of a sequence."""
+    return int((batch["labels"][:, 1:] != IGNORE).sum())
+
+
+def run_batch(wrapped: torch.nn.Module, items: list[dict], indices: list[int], cfg: TrainConfig, pad_id: int,
+              device: torch.device, amp: torch.dtype | None, *, seed: int, no_sync=None, sync: bool = True) -> dict:
+    """Forward and backward of this worker's slice `indices` of one planned batch, in micro-batches of at most
+    cfg.max_tokens_per_micro_batch padded tokens: the same gradient as the slice in one forward. Each micro-batch's
+    loss is its share of the slice's (L_lm by label tokens, L_ref by valid items; see ReflectionObjective), scaled
+    by 1/grad_accum; gradients accumulate. With `no_sync` (DDP's), no backward all-reduces but the last
+    micro-batch's when `sync` (the optimizer step's last planned batch).
+
+    Returns the slice's lm_loss, n_valid and, over its valid items, the sums of L_ref and the signals; tokens
+    (non-pad, through a forward), padded (per micro-batch: positions held, pads included), micro and `out`, the
+    last micro-batch's outputs (its lm_loss the slice's)."""
+    rcfg = cfg.reflection
+    item_keys = ("ref_loss", *SIGNALS[rcfg.kind])
+    groups = micro_batches(items, indices, cfg.max_tokens_per_micro_batch, rcfg.kind, rcfg.weight > 0)
+    batches = [collate([items[i] for i in group], pad_id, cfg.w_prefix, rcfg.kind) for group in groups]
+    lm_norm = max(1, sum(label_tokens(b) for b in batches))
+    ref_norm = max(1, sum(int(b["valid"].sum()) for b in batches))
+    result = {"lm_loss": 0.0, "n_valid": 0.0, "item_sums": [0.0] * len(item_keys), "tokens": 0, "micro": len(groups),
+              "padded": [padded_tokens([items[i] for i in g], rcfg.kind, rcfg.weight > 0) for g in groups]}
+    for m, batch in enumerate(batches):
+        if m:
+            torch.manual_seed(seed + 1_000_003 * m)  # dropout; the first micro-batch draws from the caller's seed
+        lm_share = label_tokens(batch) / lm_norm
+        batch |= {"lm_share": torch.tensor(lm_share, dtype=torch.float64),
+                  "ref_share": torch.tensor(int(batch["valid"].sum()) / ref_norm, dtype=torch.float64)}
+        batch = {k: v.to(device) for k, v in batch.items()}
+        reduce = sync and m == len(batches) - 1
+        with no_sync() if no_sync is not None and not reduce else contextlib.nullcontext():
+            with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+                out = wrapped(batch)
+            (out["loss"] / cfg.grad_accum).backward()
+        n_valid = float(out["n_valid"])
+        result["lm_loss"] += out["lm_loss"].item() * lm_share
+        result["n_valid"] += n_valid
+        if n_valid:
+            result["item_sums"] = [acc + float(out[k]) * n_valid for acc, k in zip(result["item_sums"], item_keys)]
+        result["tokens"] += int(batch["attention_mask"].sum())
+        if n_valid:  # the positives' and negatives' forward ran
+            result["tokens"] += sum(int(batch[k].sum()) for k in ("pos_attention_mask", "neg_attention_mask") if k in batch)
+        del batch
+    result["out"] = out | {"lm_loss": torch.tensor(result["lm_loss"])}
+    return result
+
+
+def peak_rss_gb() -> float:
+    """This process's peak resident memory so far (ru_maxrss: KiB on Linux)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+@functools.cache
+def _libc():
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return libc if hasattr(libc, "malloc_trim") else None
+    except OSError:
+        return None
+
+
+def release_free_memory() -> None:
+    """Hand freed heap pages back to the OS (glibc's malloc_trim). Each step frees GBs of activations of shapes that
+    change with the batch; glibc keeps them in its arenas, so RSS would creep up with the step count."""
+    libc = _libc()
+    if libc is not None:
+        libc.malloc_trim(0)
+
+
+def _write_memory(path: str | None, rank: int, record: dict) -> None:
+    """The last step's memory figures, for the driver's message when the worker is killed for memory."""
+    if not path:
+        return
+    target = Path(path) / f"rank{rank}.json"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record))
+    os.replace(tmp, target)
 
 
 # ------------------------------------------------------------------------------------------------ the worker
@@ -236,7 +367,8 @@ def train_loop(config: dict) -> None:
     rcfg = cfg.reflection
     torch.manual_seed(seed)  # the same fresh LoRA on every worker (DDP also broadcasts rank 0's weights)
     model = build_model(config["init_model"], cfg).to(device)
-    objective = ReflectionObjective(model, rcfg.weight, rcfg.margin, rcfg.pooling, rcfg.kind, rcfg.beta, rcfg.penalty)
+    objective = ReflectionObjective(model, rcfg.weight, rcfg.margin, rcfg.pooling, rcfg.kind, rcfg.beta, rcfg.penalty,
+                                    chunk_tokens=cfg.logits_chunk_tokens)
     plan = plan_batches([str(item["id"]) for item in items], cfg, world, seed,
                         [item_length(item, rcfg.kind) for item in items])
     if not plan:
@@ -285,30 +417,28 @@ def train_loop(config: dict) -> None:
     wrapped.train()
     while step < total_steps:
         started = time.perf_counter()
+        padded = 0
         for micro in range(cfg.grad_accum):
             epoch, indices = plan[step * cfg.grad_accum + micro]
             torch.manual_seed(seed + 7919 * (step * cfg.grad_accum + micro) + rank)  # dropout: exact on resume
             slices.append(indices[rank::world])
-            batch = collate([items[i] for i in indices[rank::world]], config["pad_id"], cfg.w_prefix, rcfg.kind)
-            batch = {k: v.to(device) for k, v in batch.items()}
             # Gradients are all-reduced only on the last micro-batch of an optimizer step.
             last = micro == cfg.grad_accum - 1
-            with contextlib.nullcontext() if last or world == 1 else wrapped.no_sync():
-                with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-                    out = wrapped(batch)
-                (out["loss"] / cfg.grad_accum).backward()
-            n_valid = float(out["n_valid"])
-            sums[epoch] += torch.tensor([out["lm_loss"].item(), 1.0, n_valid]
-                                        + [float(out[k]) * n_valid if n_valid else 0.0 for k in item_keys],
-                                        dtype=torch.float64)
-            tokens += int(batch["attention_mask"].sum())
-            if n_valid:  # the positives' and negatives' forward ran
-                tokens += sum(int(batch[k].sum()) for k in ("pos_attention_mask", "neg_attention_mask") if k in batch)
+            done = run_batch(wrapped, items, indices[rank::world], cfg, config["pad_id"], device, amp,
+                             seed=seed + 7919 * (step * cfg.grad_accum + micro) + rank,
+                             no_sync=wrapped.no_sync if world > 1 else None, sync=last)
+            out, padded = done["out"], max(padded, *done["padded"])
+            sums[epoch] += torch.tensor([done["lm_loss"], 1.0, done["n_valid"], *done["item_sums"]], dtype=torch.float64)
+            tokens += done["tokens"]
         torch.nn.utils.clip_grad_norm_([p for p in wrapped.parameters() if p.requires_grad], cfg.max_grad_norm)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
+        del out["loss"], done  # the last graph's outputs: nothing of this step outlives it
+        release_free_memory()
         step += 1
+        _write_memory(config.get("memory_dir"), rank, {"step": step, "steps": total_steps, "peak_rss_gb": peak_rss_gb(),
+                                                       "padded_tokens": padded})
         if step == 1:
             from ..stops import pause_if_asked
 
@@ -316,8 +446,8 @@ def train_loop(config: dict) -> None:
         train_s += time.perf_counter() - started
         if rank == 0 and (step % max(1, total_steps // 10) == 0 or step == total_steps):  # progress, ~10 lines
             # A log record, not print(): Ray Train tees a worker's print to stdout and to its logger (each line twice).
-            log.info("train step %d/%d: lm_loss %.4f%s, %.2f s/step", step, total_steps, out["lm_loss"].item(),
-                     _signal_text(out, rcfg), train_s / step)
+            log.info("train step %d/%d: lm_loss %.4f%s, %.2f s/step, peak RSS %.1f GB", step, total_steps,
+                     out["lm_loss"].item(), _signal_text(out, rcfg), train_s / step, peak_rss_gb())
         if step % cfg.checkpoint_every_steps == 0 and step < total_steps:
             report(False, {"lm_loss": out["lm_loss"].item(), "ref_loss": out["ref_loss"].item()})
             crash = config.get("crash_file")
@@ -333,6 +463,7 @@ def train_loop(config: dict) -> None:
                   "epoch_lm_loss": [float(x) for x in lm_means], "steps": total_steps,
                   "tokens": int(all_sum(torch.tensor([tokens], dtype=torch.float64), device).item()),
                   "train_s": train_s, "placement_group": _placement_group_id(),
+                  "peak_rss_gb": max(gather_objects(peak_rss_gb())),
                   "workers": gather_objects({"rank": rank, "pid": os.getpid(), "slices": slices})})
 
 
@@ -430,6 +561,48 @@ def _fit(trainer):
             signal.signal(signal.SIGINT, previous)
 
 
+# What Ray says when its memory monitor kills a worker (OutOfMemoryError; ActorDiedError "...running low on memory").
+_OOM = re.compile(r"OutOfMemoryError|running low on memory|memory monitor|memory usage threshold|killed due to memory",
+                  re.IGNORECASE)
+
+
+def _error_text(exc: BaseException) -> str:
+    """The messages of an exception, its causes and Ray Train's per-worker failures, as one text."""
+    parts, seen, todo = [], set(), [exc]
+    while todo:
+        error = todo.pop()
+        if error is None or id(error) in seen:
+            continue
+        seen.add(id(error))
+        parts.append(f"{type(error).__name__}: {error}")
+        todo += [error.__cause__, error.__context__, getattr(error, "controller_failure", None),
+                 *getattr(error, "worker_failures", {}).values()]
+    return "\n".join(parts)
+
+
+def memory_failure(exc: BaseException, out_dir: Path, cfg: TrainConfig) -> str | None:
+    """One line when training died because a worker ran out of memory (Ray's memory monitor, or the kernel's OOM
+    killer: a worker that died with SIGKILL): the stage, the worker's peak, what to lower. None otherwise."""
+    text = _error_text(exc)
+    if not _OOM.search(text) and not re.search(r"SIGKILL|signal 9|exit code -9|killed by signal", text):
+        return None
+    records = [json.loads(f.read_text()) for f in sorted((out_dir / "memory").glob("rank*.json"))]
+    used = re.search(r"memory used=([\d.]+)\s*GB", text)
+    node = re.search(r"was ([\d.]+)\s*GB(?: used)? / ([\d.]+)\s*GB", text)  # Ray 2.60: "was 22.9GB used / 24.0GB limit"
+    peak = f"a worker held {used.group(1)} GB" if used else None
+    if records:
+        last = max(records, key=lambda r: r["peak_rss_gb"])
+        peak = (peak + "; " if peak else "") + (f"its peak after step {last['step']}/{last['steps']} was "
+                                                f"{last['peak_rss_gb']:.1f} GB, {last['padded_tokens']} tokens in its largest micro-batch")
+    if node:
+        peak = (peak + ", " if peak else "") + f"the node used {node.group(1)} of {node.group(2)} GB"
+    budget = cfg.max_tokens_per_micro_batch
+    lower = f"train.max_tokens_per_micro_batch={max(64, budget // 2) if budget else 1024}"
+    return (f"training ({out_dir.name}) was killed for lack of memory ({peak or 'no step finished'}); lower "
+            f"train.max_tokens_per_micro_batch (now {budget}), e.g. `rbyr-ray resume RUN_DIR {lower}`, or set "
+            "train.gradient_checkpointing=true")
+
+
 def train_round(train_data_path: str | os.PathLike, init_model: str, out_dir: str | os.PathLike,
                 cfg: ExperimentConfig, *, seed: int) -> TrainResult:
     """Train on the items of `train_data_path` (see data.build_train_items), starting from the HF folder
@@ -455,7 +628,8 @@ def train_round(train_data_path: str | os.PathLike, init_model: str, out_dir: st
     items = [{k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in row.items()}
              for row in frame.to_dict("records")]
     config = {"items": items, "init_model": str(init_model), "train": tcfg.model_dump(), "seed": seed,
-              "pad_id": load_tokenizer(str(init_model)).pad_token_id, "crash_file": test_hook("TRAIN_CRASH_ONCE")}
+              "pad_id": load_tokenizer(str(init_model)).pad_token_id, "crash_file": test_hook("TRAIN_CRASH_ONCE"),
+              "memory_dir": str(out_dir / "memory")}
     trainer = TorchTrainer(
         train_loop,
         train_loop_config=config,
@@ -467,8 +641,15 @@ def train_round(train_data_path: str | os.PathLike, init_model: str, out_dir: st
                                        failure_config=ray.train.FailureConfig(max_failures=tcfg.max_failures),
                                        checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)),
     )
+    shutil.rmtree(out_dir / "memory", ignore_errors=True)  # the figures of this attempt only
     start = time.perf_counter()
-    result = _fit(trainer)
+    try:
+        result = _fit(trainer)
+    except Exception as exc:
+        line = memory_failure(exc, out_dir, tcfg)
+        if line:
+            raise RunError(line) from None
+        raise
     wall = time.perf_counter() - start
     metrics = result.metrics or {}
     if result.checkpoint is None or not metrics.get("final"):
@@ -484,4 +665,4 @@ def train_round(train_data_path: str | os.PathLike, init_model: str, out_dir: st
                        epoch_lm_loss=metrics["epoch_lm_loss"], resumed_from_step=metrics["resumed_from_step"],
                        replica_max_diff=metrics["replica_max_diff"], train_s=metrics["train_s"],
                        reflection_items=metrics["reflection_items"], signals=metrics["signals"],
-                       workers=metrics["workers"])
+                       workers=metrics["workers"], peak_rss_gb=metrics.get("peak_rss_gb", 0.0))
