@@ -17,6 +17,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("resume", help="continue a run at its first incomplete stage")
     p.add_argument("run_dir")
+    p.add_argument("overrides", nargs="*", help="memory settings only (docs/memory.md), e.g. after a stage was "
+                   "killed for memory: train.max_tokens_per_micro_batch=1024 train.gradient_checkpointing=true")
     p.add_argument("--json", action="store_true")
     p.add_argument("--recompute", metavar="ROUND_K/STAGE", default=None,
                    help="compute this completed stage (e.g. round_2/teacher) and every later one again, e.g. after "
@@ -42,7 +44,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_resume(args: argparse.Namespace) -> int:
     from .rounds import resume
 
-    summary = resume(args.run_dir, recompute=args.recompute)
+    summary = resume(args.run_dir, recompute=args.recompute, overrides=args.overrides)
     if args.json:
         print(json.dumps(summary))
     return 0

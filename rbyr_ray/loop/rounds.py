@@ -73,10 +73,26 @@ def _resumable(stop: Stopped, rd: RunDir) -> Stopped:
     return stop
 
 
-def resume(run_dir: str | Path, recompute: str | None = None) -> dict:
+def resume(run_dir: str | Path, recompute: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> dict:
     """Continue a run from its own resolved config at the first incomplete stage (after dropping `recompute`
-    and the stages after it, see run)."""
-    return run(load_run_config(run_dir), run_dir=run_dir, recompute=recompute)
+    and the stages after it, see run). `overrides` may change memory settings only (config.MEMORY_KEYS)."""
+    return run(resume_config(run_dir, overrides), run_dir=run_dir, recompute=recompute)
+
+
+def resume_config(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
+    """The run dir's config with `overrides` of memory settings applied; any other key is refused (it would
+    change what the completed stages computed)."""
+    from ..config import MEMORY_KEYS, ConfigError, apply_overrides, validate_config
+
+    cfg = load_run_config(run_dir)
+    others = [o for o in overrides if o.split("=", 1)[0].strip() not in MEMORY_KEYS]
+    if others:
+        raise ConfigError(f"resume {run_dir}: {', '.join(others)}: resume changes memory settings only "
+                          f"({', '.join(MEMORY_KEYS)}); other keys would change the results: start a new run dir")
+    if not overrides:
+        return cfg
+    data = apply_overrides(cfg.model_dump(mode="json"), list(overrides))
+    return validate_config(data, str(Path(run_dir) / "config.yaml"), None, tuple(overrides))
 
 
 def _rounds(cfg: ExperimentConfig, rd: RunDir, tracker: Tracker, on_round: Callable[[dict], None] | None) -> None:

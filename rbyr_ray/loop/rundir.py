@@ -26,7 +26,7 @@ from pathlib import Path
 import yaml
 
 from .. import stops
-from ..config import ConfigError, ExperimentConfig, validate_config
+from ..config import MEMORY_KEYS, ConfigError, ExperimentConfig, validate_config
 from ..errors import BrokenFile, RunDirBusy
 
 LOCK_FILE = ".lock"
@@ -114,8 +114,12 @@ class RunDir:
         existing = path / "config.yaml"
         if existing.exists():
             previous = load_run_config(path)
-            if previous.model_dump(exclude={"run_dir"}) != cfg.model_dump(exclude={"run_dir"}):
-                changed = config_changes(previous, cfg)
+            changed = config_changes(previous, cfg)
+            if changed and all(change.split(": ", 1)[0] in MEMORY_KEYS for change in changed):
+                # Memory settings change what a step holds at once, not what it computes (docs/memory.md): the
+                # run goes on with them, recorded for later resumes.
+                _atomic_write(existing, cfg.to_yaml())
+            elif changed:
                 raise ConfigError(
                     f"{path}: this run dir was made from a different config ({'; '.join(changed)}); resume it "
                     f"with `rbyr-ray resume {path}` or choose another --run-dir")
