@@ -5,7 +5,8 @@ Ray Train V2's PlacementGroupCleaner (a detached actor) polls the state API with
 warning each time the poll times out, which on a loaded 2-core machine is every few seconds; the run itself is
 fine. The filter runs in every Ray worker of the job (installed by `worker_process_setup_hook`, see
 `runtime_env_for_workers`) and on the driver. Each dropped line is appended, whole, to one small file named by
-$RBYR_RAY_FILTERED_LOG, so the count covers every process that shares that file system and nothing is lost.
+$RBYR_RAY_FILTERED_LOG, so the count covers every process that shares that file system and nothing is lost
+(on a multi-node cluster another node's dropped lines are in the same path on that node's disk, not counted).
 """
 
 from __future__ import annotations
