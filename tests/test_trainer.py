@@ -112,26 +112,63 @@ def test_a_killed_worker_is_restarted_and_resumes_from_its_checkpoint(ray_cluste
     flag = tmp_path / "crash-once"
     flag.write_text("die after the first checkpoint")
     monkeypatch.setenv(CRASH_ENV, str(flag))
-    result = train_round(train_data, student, tmp_path, config(epochs=1, checkpoint_every_steps=2), seed=0)
+    # DPO-Positive (issue 21): the restarted group recomputes pi_ref from the starting weights, not the checkpoint's.
+    result = train_round(train_data, student, tmp_path, config(epochs=1, checkpoint_every_steps=2, reflection=DPOP),
+                         seed=0)
     assert not flag.exists()  # the worker did die
     # The worker died once the controller had registered the step-2 checkpoint (not after a poll interval), so the
     # restarted group resumed from it on any machine.
     assert result.resumed_from_step == 2 and result.steps == 3
     assert os.path.isdir(result.model_dir)
+    signals = result.signals
+    assert set(signals) == {"rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies",
+                            "dpop_penalty", *LIKELIHOODS} and result.reflection_items == 12
+    assert signals["dpop_penalty"] >= 0 and signals["loglik_chosen"] < 0
+    assert signals["rewards/margins"] == pytest.approx(signals["rewards/chosen"] - signals["rewards/rejected"], abs=1e-9)
+    # Trained on the teacher's text, beside DPOP, from pi_ref = the starting weights: t gains, and gains over m.
+    assert signals["rewards/chosen"] > 0 and signals["rewards/margins"] > 0, signals
 
 
-def test_ranking_prefers_the_teacher_rationale_over_the_mistake(ray_cluster, train_data, student, tmp_path):
-    # DPO beside L_lm on 2 DDP workers, pi_ref = the starting weights (computed once, before the first step).
-    reflection = {"kind": "ranking", "weight": 1.0, "beta": 0.5}
+# The pair kinds' settings: DPO (ranking), the likelihood hinge with δ = 0.5 nats/token, REDI. DPO-Positive's
+# own real round is the killed-worker test above (its pi_ref must be the same after a restart).
+PAIR_KIND_SETTINGS = {"ranking": {"beta": 0.5}, "hinge": {"margin": 0.5}, "redi": {}}
+
+
+@pytest.mark.parametrize("kind", list(PAIR_KIND_SETTINGS))
+def test_pair_kinds_prefer_the_teacher_rationale_over_the_mistake(ray_cluster, train_data, student, tmp_path, kind):
+    """One tiny real round per kind that needs only a negative (ranking; hinge and redi, issue 21), beside L_lm on
+    2 DDP workers. ranking: pi_ref = the starting weights (computed once, before the first step)."""
+    reflection = {"kind": kind, "weight": 1.0, **PAIR_KIND_SETTINGS[kind]}
     result = train_round(train_data, student, tmp_path, config(epochs=2, reflection=reflection), seed=0)
     assert result.steps == 6 and result.reflection_items == 12  # every item has a negative
-    signals = result.signals
-    assert set(signals) == {"rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies"}
-    assert signals["rewards/margins"] == pytest.approx(signals["rewards/chosen"] - signals["rewards/rejected"], abs=1e-9)
-    # At the start every margin is 0 (L_rank = log 2); training on the teacher's text moves it the right way.
-    assert signals["rewards/margins"] > 0 and signals["rewards/accuracies"] > 0.5, signals
-    assert 0 < result.reflection_loss < math.log(2)
     assert result.replica_max_diff == 0.0
+    signals = result.signals
+    if kind == "ranking":
+        assert set(signals) == {"rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies"}
+        assert signals["rewards/margins"] == pytest.approx(signals["rewards/chosen"] - signals["rewards/rejected"], abs=1e-9)
+        # At the start every margin is 0 (L_rank = log 2); training on the teacher's text moves it the right way.
+        assert signals["rewards/margins"] > 0 and signals["rewards/accuracies"] > 0.5, signals
+        assert 0 < result.reflection_loss < math.log(2)
+        return
+    assert_likelihood_signals(signals)
+    if kind == "hinge":
+        assert set(signals) == {*LIKELIHOODS, "hinge_active"} and 0 <= signals["hinge_active"] <= 1
+        assert result.reflection_loss >= 0
+    if kind == "redi":
+        assert set(signals) == set(LIKELIHOODS)
+        assert result.reflection_loss == pytest.approx(signals["loglik_rejected"], abs=1e-5)  # L_redi = ℓ̄(m)
+
+
+LIKELIHOODS = ("loglik_chosen", "loglik_rejected", "loglik_gap")
+DPOP = {"kind": "dpop", "weight": 1.0, "beta": 0.5}
+
+
+def assert_likelihood_signals(signals: dict) -> None:
+    """ℓ̄ are mean token log-likelihoods (< 0); after an epoch on the teacher's text, its rationale is the more
+    likely one."""
+    assert signals["loglik_chosen"] < 0 and signals["loglik_rejected"] < 0
+    assert signals["loglik_gap"] == pytest.approx(signals["loglik_chosen"] - signals["loglik_rejected"], abs=1e-9)
+    assert signals["loglik_gap"] > 0, signals
 
 
 def test_chunked_logits_and_micro_batches_match_the_whole_batch_on_the_real_student(train_data, student):
