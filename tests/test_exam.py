@@ -30,6 +30,8 @@ def ray_cluster():
     """The module's local Ray, whose workers inject an engine failure for prompts holding POISON."""
     import ray
 
+    if ray.is_initialized():  # a Ray of the session's (conftest) or of an earlier test: it lacks the hook
+        ray.shutdown()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": {FAIL_ENV: POISON}})
     yield ray
