@@ -113,7 +113,8 @@ def test_an_engine_error_fails_only_its_own_row_and_the_eval_stage_reports_it(ra
     cfg.tracking = cfg.tracking.model_copy(update={"wandb": False})
     rd = RunDir.create_or_resume(tmp_path / "run", cfg)
     with caplog.at_level(logging.WARNING, logger="rbyr_ray.loop.rounds"):
-        metrics = _StageRunner(cfg, rd, Tracker(cfg, rd.path)).evaluate(1, records, "smollm2-135m", "numeric")
+        stage = _StageRunner(cfg, rd, Tracker(cfg, rd.path), load_task(cfg.task))
+        metrics = stage.evaluate(1, records, "smollm2-135m", "numeric")
     frame = pd.read_parquet(rd.path / "round_1" / "eval.parquet")
     rows = frame.set_index("id")
     assert "injected engine failure" in rows.loc["poisoned", "error"] and not rows.loc["poisoned", "correct"]
