@@ -83,6 +83,8 @@ def test_every_stage_of_both_rounds_is_recorded(job):
     # The training progress reaches the user's terminal, each line once (Ray Train tees a worker's print()).
     progress = re.findall(r"train step (\d+)/(\d+): lm_loss", job["stdout"] + job["stderr"])
     assert len([1 for step, total in progress if step == total]) == 2, progress  # each round's last step, once
+    # Ray Train's PlacementGroupCleaner polling warnings are filtered in Ray's workers (rbyr_ray/ray_logs.py).
+    assert "Failed to query" not in job["stdout"] + job["stderr"]
     # The resolved config holds no secret: the key is named by its variable only.
     cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert cfg["teacher"]["api_key_env"] == "OPENAI_API_KEY" and cfg["rounds"] == 2
