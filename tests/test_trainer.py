@@ -75,13 +75,17 @@ def test_plan_is_question_disjoint_and_whole_steps():
 
 
 def test_two_ddp_workers_train_lora_and_export_a_merged_model(ray_cluster, train_data, student, tmp_path):
-    # A token budget below one worker's slice (2 items, ~2 x 3 x 40 padded tokens): every slice runs as 2
-    # micro-batches, gradients accumulated without an all-reduce until the last, and the replicas still agree.
-    result = train_round(train_data, student, tmp_path, config(max_tokens_per_micro_batch=150), seed=0)
+    # The likelihood hinge (issue 21) beside L_lm: its real round is this one (the triplet's is the main job's and
+    # test_protocol's). A token budget below one worker's slice (2 items, ~2 x 2 x 40 padded tokens): every slice
+    # runs as 2 micro-batches, gradients accumulated without an all-reduce until the last, and the replicas agree.
+    result = train_round(train_data, student, tmp_path, config(max_tokens_per_micro_batch=100, reflection=HINGE),
+                         seed=0)
     # 12 items, batches of 4 -> 3 steps per epoch, 3 epochs; the loss falls on a set it can overfit.
     assert result.steps == 9
     assert result.epoch_lm_loss[-1] < 0.8 * result.epoch_lm_loss[0], result.epoch_lm_loss
-    assert result.reflection_loss > 0 and result.tokens > 0
+    assert result.reflection_loss >= 0 and result.tokens > 0 and result.reflection_items == 12
+    assert set(result.signals) == {*LIKELIHOODS, "hinge_active"} and 0 <= result.signals["hinge_active"] <= 1
+    assert_likelihood_signals(result.signals)
     assert result.resumed_from_step == 0
     # Two ranks ran, in two processes, each on its own slice of every batch of the plan, the slices together
     # making up the batch...
@@ -129,9 +133,10 @@ def test_a_killed_worker_is_restarted_and_resumes_from_its_checkpoint(ray_cluste
     assert signals["rewards/chosen"] > 0 and signals["rewards/margins"] > 0, signals
 
 
-# The pair kinds' settings: DPO (ranking), the likelihood hinge with δ = 0.5 nats/token, REDI. DPO-Positive's
-# own real round is the killed-worker test above (its pi_ref must be the same after a restart).
-PAIR_KIND_SETTINGS = {"ranking": {"beta": 0.5}, "hinge": {"margin": 0.5}, "redi": {}}
+# The pair kinds' settings: DPO (ranking), REDI. The likelihood hinge's real round (δ = 0.5 nats/token) is the DDP
+# test above; DPO-Positive's is the killed-worker test (its pi_ref must be the same after a restart).
+PAIR_KIND_SETTINGS = {"ranking": {"beta": 0.5}, "redi": {}}
+HINGE = {"kind": "hinge", "weight": 1.0, "margin": 0.5}
 
 
 @pytest.mark.parametrize("kind", list(PAIR_KIND_SETTINGS))
@@ -151,12 +156,8 @@ def test_pair_kinds_prefer_the_teacher_rationale_over_the_mistake(ray_cluster, t
         assert 0 < result.reflection_loss < math.log(2)
         return
     assert_likelihood_signals(signals)
-    if kind == "hinge":
-        assert set(signals) == {*LIKELIHOODS, "hinge_active"} and 0 <= signals["hinge_active"] <= 1
-        assert result.reflection_loss >= 0
-    if kind == "redi":
-        assert set(signals) == set(LIKELIHOODS)
-        assert result.reflection_loss == pytest.approx(signals["loglik_rejected"], abs=1e-5)  # L_redi = ℓ̄(m)
+    assert set(signals) == set(LIKELIHOODS)  # redi
+    assert result.reflection_loss == pytest.approx(signals["loglik_rejected"], abs=1e-5)  # L_redi = ℓ̄(m)
 
 
 LIKELIHOODS = ("loglik_chosen", "loglik_rejected", "loglik_gap")
