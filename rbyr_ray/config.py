@@ -428,20 +428,28 @@ def deep_merge(base: dict, override: dict) -> dict:
     return out
 
 
-def read_yaml_config(path: str | os.PathLike, _seen: tuple[Path, ...] = ()) -> tuple[dict, dict]:
-    """(data, key lines) of a config file; a top-level `base: other.yaml` (relative to the file) is loaded first."""
+def read_yaml_mapping(path: str | os.PathLike, what: str = "config file", top: str = "sections",
+                      error: type[ConfigError] = ConfigError) -> tuple[dict, str]:
+    """(data, text) of a YAML file whose top level is a mapping; anything else is one line naming the file."""
     p = Path(path)
     if not p.is_file():
-        raise ConfigError(f"{path}: no such config file")
-    if p.resolve() in _seen:
-        raise ConfigError(f"{path}: `base` includes form a cycle")
+        raise error(f"{path}: no such {what}")
     text = p.read_text()
     try:
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        raise error(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+        raise error(f"{path}: the top level must be a mapping of {top}")
+    return data, text
+
+
+def read_yaml_config(path: str | os.PathLike, _seen: tuple[Path, ...] = ()) -> tuple[dict, dict]:
+    """(data, key lines) of a config file; a top-level `base: other.yaml` (relative to the file) is loaded first."""
+    p = Path(path)
+    if p.is_file() and p.resolve() in _seen:
+        raise ConfigError(f"{path}: `base` includes form a cycle")
+    data, text = read_yaml_mapping(path)
     lines = _yaml_lines(text)
     base = data.pop("base", None)
     if base is not None:

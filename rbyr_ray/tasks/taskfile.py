@@ -28,7 +28,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from ..config import ConfigError, _yaml_lines, deep_merge, validate_config
+from ..config import ConfigError, _yaml_lines, deep_merge, read_yaml_mapping, validate_config
 from . import prompts
 from .graders import BUILTIN_TYPES, GraderError, is_grader_name, load_grader, normalise_text
 from .records import Record, TaskData
@@ -283,16 +283,7 @@ def _flatten(data: dict, prefix: str = "") -> list[tuple[str, Any]]:
 def read_task_file(path: str | os.PathLike, overrides: dict | None = None) -> _File:
     """Read and validate a task file; `overrides` (task.spec) are merged over it, key by key."""
     source = str(path)
-    p = Path(path)
-    if not p.is_file():
-        raise TaskFileError(f"{source}: no such task file")
-    text = p.read_text()
-    try:
-        data = yaml.safe_load(text) or {}
-    except yaml.YAMLError as exc:
-        raise TaskFileError(f"{source}: not valid YAML: {' '.join(str(exc).split())}") from None
-    if not isinstance(data, dict):
-        raise TaskFileError(f"{source}: the top level must be a mapping (data, fields, answer_type, ...)")
+    data, text = read_yaml_mapping(path, "task file", "keys (data, fields, answer_type, ...)", TaskFileError)
     overrides = overrides or {}
     data = deep_merge(data, overrides)
     shown = tuple(f"{key}={json.dumps(value)}" for key, value in _flatten(overrides))
