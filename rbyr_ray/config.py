@@ -58,12 +58,16 @@ class ArithConfig(_Section):
         return self
 
 
+# The built-in tasks: the task files shipped in tasks/builtin/ (read here by name only: tasks imports config).
+BUILTIN_TASKS = tuple(sorted(p.stem for p in (Path(__file__).resolve().parent / "tasks" / "builtin").glob("*.yaml")))
+
+
 class TaskConfig(_Section):
     # A built-in task by name, or a task file (docs/tasks.md); exactly one of them (name defaults to arith).
-    name: Literal["arith", "gsm8k", "svamp", "multiarith", "asdiv", "csqa", "strategyqa"] | None = None
+    name: Literal[BUILTIN_TASKS] | None = None  # type: ignore[valid-type]
     file: str | None = None  # a task file (YAML); a relative path is made absolute against the working folder
-    # Keys of the task file overridden like config keys, same nesting: task.spec.generation.max_new_tokens=64;
-    # a built-in task takes task.spec.prompts.* and task.spec.generation.* (docs/tasks.md).
+    # Keys of the task file (a built-in's too) overridden like config keys, same nesting:
+    # task.spec.generation.max_new_tokens=64 (docs/tasks.md).
     spec: dict[str, Any] = {}
     allow_hub_download: bool = False  # a task file's `data.hub` source is read only when this is true
     # Where the benchmark files live; None = $RBYR_DATA_DIR, else ../shared/data next to the checkout.
@@ -86,10 +90,6 @@ class TaskConfig(_Section):
             raise ValueError("give task.name (a built-in task) or task.file (a task file), not both; over a "
                              "config that names a task: task.name=null task.file=FILE")
         if file is None:
-            extra = sorted(set(data.get("spec") or {}) - {"prompts", "generation"})
-            if extra:  # a built-in task is not a task file yet: only its prompts and budget can be changed
-                raise ValueError(f"task.spec.{extra[0]}: a built-in task takes task.spec.prompts.* and "
-                                 "task.spec.generation.* only; the other keys are a task file's (task.file)")
             data["name"] = name or "arith"
         elif isinstance(file, str) and "://" not in file:
             # Absolute, so that a run resumed from another folder (or the teacher server) reads the same file.
@@ -369,6 +369,8 @@ def _section_and_field(path: tuple[str, ...], root: type[BaseModel] | None = Non
     for part in path[:-1]:
         field = model.model_fields.get(part) if model else None
         annotation = field.annotation if field else None
+        if get_origin(annotation) in (Union, UnionType):  # an optional section (Model | None): the model's keys
+            annotation = next((a for a in get_args(annotation) if a is not type(None)), None)
         model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
     return model, path[-1] if path else ""
 

@@ -86,11 +86,13 @@ def test_teacher_cot_messages(task, form):
 
 def test_teacher_demonstrations_per_task_grade_correct():
     from rbyr_ray.tasks.prompts import FEW_SHOT
+    from rbyr_ray.tasks.taskfile import task_prompts
 
     arith = task_data("arith").train[0]
-    messages = teacher_cot_messages(arith, "numeric", task="arith")
+    messages = task_prompts("arith", "numeric").cot_messages(arith)  # arith.yaml's own demonstrations
     assert messages[2]["content"] == "12 + 7 = 19. 19 - 3 = 16.\nAnswer: 16"
-    assert teacher_cot_messages(arith, "numeric", task="gsm8k")[2]["content"].startswith("The baker sells")
+    assert task_prompts("gsm8k", "numeric").cot_messages(arith)[2]["content"].startswith("The baker sells")
+    assert teacher_cot_messages(arith, "numeric")[2]["content"].startswith("The baker sells")
     for key, demos in FEW_SHOT.items():
         kind = key if key in ("numeric", "yesno", "choice") else TASKS[key].answer_type
         for _question, choices, rationale, answer in demos:

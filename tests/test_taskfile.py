@@ -19,7 +19,7 @@ from rbyr_ray.tasks import gold_rationale, load_task
 from rbyr_ray.tasks import prompts as P
 from rbyr_ray.tasks.graders import normalise_text
 from rbyr_ray.tasks.grading import answers_match, extract_answer, grade
-from rbyr_ray.tasks.taskfile import TaskFileError, TaskPrompts, cut_solution
+from rbyr_ray.tasks.taskfile import TaskFileError, TaskPrompts, cut_solution, task_prompts
 
 CAPITALS = [("France", "Paris", "europe"), ("Japan", "Tokyo", "asia"), ("Kenya", "Nairobi", "africa"),
             ("Peru", "Lima", "americas"), ("Italy", "Rome", "europe"), ("Egypt", "Cairo", "africa"),
@@ -162,7 +162,7 @@ def test_numeric_task_over_parquet_with_worked_solutions(numeric_task):
     # The `reference` teacher answers from the cut solution, looked up by question text as for built-in tasks.
     from rbyr_ray.teacher.backends import ReferenceBackend
 
-    ref = ReferenceBackend.from_records(None, data.train)
+    ref = ReferenceBackend.from_task(data)
     answer = ref.answer(data.prompts.cot_messages(data.train[1]), variant=0)
     assert answer == "5 * 6 = 30.\nAnswer: 30" and grade("numeric", answer, data.train[1].answer)
     assert gold_rationale(None, data.train[0]) == "3 + 4 = 7."
@@ -201,13 +201,12 @@ def test_prompts_from_the_file(tmp_path, text_task):
     feedback = data.prompts.feedback_messages(record, "It is\nLyon.\nAnswer: Lyon", use_hint=True)
     assert feedback[1]["content"] == (f"Question: {record.question}\nWrong: It is Lyon. Answer: Lyon\n"
                                       f"Hint: the correct answer is {record.answer}.\nFix it; answer as a city name.")
-    # A built-in task's prompts are prompts.py's, with its own demonstrations.
+    # A built-in task's prompts are its file's: prompts.py's, with its own demonstrations.
     from rbyr_ray.tasks import TASKS
 
     arith = load_task(TaskConfig(name="arith", train_limit=1))
-    assert isinstance(arith.prompts, TaskPrompts) and arith.max_new_tokens == TASKS["arith"].max_new_tokens
-    assert arith.prompts.cot_messages(arith.train[0]) == P.teacher_cot_messages(arith.train[0], "numeric",
-                                                                                task="arith")
+    assert isinstance(arith.prompts, TaskPrompts) and arith.max_new_tokens == TASKS["arith"].max_new_tokens == 96
+    assert arith.prompts.demos == tuple(P.FEW_SHOT["arith"])
 
 
 def test_spec_overrides_through_the_experiment_config(text_task):
@@ -219,8 +218,6 @@ def test_spec_overrides_through_the_experiment_config(text_task):
         load_task(TaskConfig(file=str(text_task), spec={"generation": {"max_new_tokens": 0}}))
     with pytest.raises(ConfigError, match="not both"):
         load_config(None, [f"task.file={text_task}", "task.name=gsm8k"])
-    with pytest.raises(ConfigError, match="the other keys are a task file's"):
-        load_config(None, ["task.spec.data.test_fraction=0.5"])
     assert os.path.isabs(TaskConfig(file="rel/task.yaml").file)
 
 
@@ -450,8 +447,8 @@ def test_the_example_task_of_the_docs(tmp_path):
 
 
 def test_a_builtin_task_takes_prompt_and_budget_overrides_and_the_feedback_sweep_config():
-    """Until the built-ins are task files, task.spec.prompts.* / generation.* change a built-in's prompts and
-    budget; tune_configs/feedback_prompts.yaml sweeps the feedback template that way, one ledger for all."""
+    """task.spec.* changes a built-in's file like any task file's (prompts, budget); tune_configs/feedback_prompts.yaml
+    sweeps the feedback template that way, one ledger for all."""
     from pathlib import Path
 
     from rbyr_ray.tune.spec import load_tune_config, trial_config
@@ -461,11 +458,11 @@ def test_a_builtin_task_takes_prompt_and_budget_overrides_and_the_feedback_sweep
     data = load_task(cfg.task)
     record = data.train[0]
     assert data.max_new_tokens == 33
-    assert data.prompts.cot_messages(record) == P.teacher_cot_messages(record, "numeric", task="arith")
+    assert data.prompts.cot_messages(record) == task_prompts("arith", "numeric").cot_messages(record)
     assert data.prompts.feedback_messages(record, "a\nb", use_hint=False)[1]["content"] == (
         f"Question: {record.question}\nWrong: a b\nFix it.")
-    with pytest.raises(ConfigError, match="task.spec.fields: a built-in task takes task.spec.prompts"):
-        load_config(None, ["task.spec.fields.question=q"])
+    with pytest.raises(ConfigError, match="data.reader arith makes the records itself; remove `fields`"):
+        load_task(load_config(None, ["task.spec.fields.question=q", "task.spec.fields.answer=a"]).task)
     with pytest.raises(ConfigError, match="prompts.feedbak: unknown key; did you mean 'feedback'"):
         load_task(load_config(None, ["task.spec.prompts.feedbak=x"]).task)
 
@@ -476,7 +473,6 @@ def test_a_builtin_task_takes_prompt_and_budget_overrides_and_the_feedback_sweep
                              run_dir=None)
         task = load_task(trial.task, seed=trial.seed)
         assert trial.teacher.ledger == "sweep/ledger.sqlite" and trial.eval.split == "val" and task.val
-        assert task.prompts.cot_messages(task.train[0]) == P.teacher_cot_messages(task.train[0], "numeric",
-                                                                                  task="arith")
+        assert task.prompts.cot_messages(task.train[0]) == task_prompts("arith", "numeric").cot_messages(task.train[0])
         rendered.add(task.prompts.feedback_messages(task.train[0], "x")[1]["content"])
     assert len(rendered) == 3

@@ -1,4 +1,5 @@
-"""Task loaders on the real benchmark files, malformed-file errors, the synthetic arith task, val carving."""
+"""The built-in tasks' named readers on the real benchmark files, malformed-file errors, the synthetic arith task,
+val carving."""
 
 from __future__ import annotations
 
@@ -16,8 +17,9 @@ import pytest
 from rbyr_ray.config import ArithConfig, TaskConfig
 from rbyr_ray.tasks import TASKS, Record, gold_rationale, load_task, resolve_data_dir
 from rbyr_ray.tasks.arith import canonical_rationale, generate, parse_question, solve
-from rbyr_ray.tasks.benchmarks import LOADERS, evaluate, parse_expression
+from rbyr_ray.tasks.benchmarks import evaluate, parse_expression
 from rbyr_ray.tasks.grading import format_number, parse_number
+from rbyr_ray.tasks.readers import READERS
 
 SIZES = {
     "gsm8k": (7473, 1319),
@@ -29,13 +31,21 @@ SIZES = {
 }
 
 
+def load(task: str, data_dir: Path | None = None) -> tuple[list[Record], list[Record]]:
+    """A built-in task's train and test, read by its file's named reader from `data_dir` (default: the benchmarks)."""
+    data = load_task(TaskConfig(name=task, data_dir=str(data_dir) if data_dir else None))
+    return data.train, data.test
+
+
 @functools.cache
 def splits(task: str) -> tuple[list[Record], list[Record]]:
-    return LOADERS[task](resolve_data_dir())
+    return load(task)
 
 
-def test_every_benchmark_has_a_loader():
-    assert set(LOADERS) == set(TASKS) - {"arith"}
+def test_every_built_in_task_is_a_file_over_its_own_reader():
+    assert set(TASKS) == set(SIZES) | {"arith"}
+    assert {name: TASKS[name].reader for name in TASKS} == {name: name for name in TASKS}
+    assert set(READERS) == set(TASKS)
 
 
 @pytest.mark.parametrize("task", sorted(SIZES))
@@ -92,7 +102,7 @@ def test_gsm8k_gold_keeps_negative_and_comma_answers():
 
 def test_asdiv_split_is_disjoint_and_skips_are_logged(caplog):
     with caplog.at_level(logging.WARNING):
-        train, test = LOADERS["asdiv"](resolve_data_dir())
+        train, test = load("asdiv")
     assert "skipped 212 problems" in caplog.text
     assert not {r.tags["source_id"] for r in train} & {r.tags["source_id"] for r in test}
     assert sum(r.tags["asdiv_a"] == "yes" for r in train + test) == 1218  # the arithmetic subset is all numeric
@@ -102,7 +112,7 @@ def test_gsm8k_and_csqa_load_fast():
     # ~0.1 s each here; the bound only catches a pathological slowdown, with room for a loaded 2-core machine.
     for task in ("gsm8k", "csqa"):
         start = time.perf_counter()
-        LOADERS[task](resolve_data_dir())
+        load(task)
         assert time.perf_counter() - start < 15.0, task
 
 
@@ -119,7 +129,7 @@ def test_malformed_jsonl_line_names_file_and_line(tmp_path):
     _write(tmp_path / "gsm8k" / "train.jsonl", f"{good}\n{good}\n{{not json\n{good}\n")
     _write(tmp_path / "gsm8k" / "test.jsonl", good + "\n")
     with pytest.raises(ValueError, match=re.escape(f"{tmp_path / 'gsm8k' / 'train.jsonl'}:3:")):
-        LOADERS["gsm8k"](tmp_path)
+        load("gsm8k", tmp_path)
 
 
 def test_missing_field_names_file_and_line(tmp_path):
@@ -127,7 +137,7 @@ def test_missing_field_names_file_and_line(tmp_path):
     _write(tmp_path / "gsm8k" / "train.jsonl", good + "\n")
     _write(tmp_path / "gsm8k" / "test.jsonl", f"{good}\n\n{json.dumps({'question': 'x', 'answer': 'no total'})}\n")
     with pytest.raises(ValueError, match=r"test\.jsonl:3: the answer has no '#### N' line"):
-        LOADERS["gsm8k"](tmp_path)
+        load("gsm8k", tmp_path)
 
 
 def test_json_array_item_error_names_its_line(tmp_path):
@@ -139,18 +149,21 @@ def test_json_array_item_error_names_its_line(tmp_path):
     _write(tmp_path / "svamp" / "rt_test.json", "[" + json.dumps(item) + "]")
     first_item_lines = items[0].count("\n") + 1
     with pytest.raises(ValueError, match=rf"rt_train\.json:{2 + first_item_lines}: field 'Answer'"):
-        LOADERS["svamp"](tmp_path)
+        load("svamp", tmp_path)
     _write(tmp_path / "svamp" / "rt_train.json", '[\n{"ID": "x",\n "Body": }\n]')
     with pytest.raises(ValueError, match=r"rt_train\.json:3: not valid JSON"):
-        LOADERS["svamp"](tmp_path)
+        load("svamp", tmp_path)
 
 
 def test_csqa_bad_answer_key(tmp_path):
     choices = [{"label": lab, "text": t} for lab, t in zip("ABCDE", "vwxyz")]
     line = {"answerKey": "F", "id": "q", "question": {"stem": "Which?", "choices": choices}}
     _write(tmp_path / "csqa" / "train_rand_split.jsonl", json.dumps(line) + "\n")
+    with pytest.raises(ValueError, match=r"csqa\.yaml:\d+: data\.test: no such file: .*dev_rand_split\.jsonl"):
+        load("csqa", tmp_path)  # every split's file is found before any is read
+    _write(tmp_path / "csqa" / "dev_rand_split.jsonl", json.dumps(dict(line, answerKey="A")) + "\n")
     with pytest.raises(ValueError, match=r"train_rand_split\.jsonl:1: answerKey 'f'"):
-        LOADERS["csqa"](tmp_path)
+        load("csqa", tmp_path)
 
 
 def test_asdiv_problem_without_answer_names_line(tmp_path):
@@ -165,7 +178,7 @@ def test_asdiv_problem_without_answer_names_line(tmp_path):
         for k in range(5):
             _write(tmp_path / "asdiv" / "nfolds" / sub / f"fold{k}.txt", "p1\n" if k == 0 else ("p2\n" if k == 4 else ""))
     with pytest.raises(ValueError, match=r"ASDiv\.xml:6: problem p2 has no <Answer>"):
-        LOADERS["asdiv"](tmp_path)
+        load("asdiv", tmp_path)
 
 
 def test_explicit_data_dir_must_exist(tmp_path, monkeypatch):

@@ -1,63 +1,68 @@
-"""Tasks: the six benchmarks and the synthetic `arith`, or a task file (docs/tasks.md); one record type.
+"""Tasks: each a task file (docs/tasks.md); the seven built-in ones (arith and six benchmarks) ship in builtin/.
 
     from rbyr_ray.tasks import load_task, TASKS
     data = load_task(cfg.task)            # TaskData(train=[Record...], test=[...], val=[...])
     data.answer_type, data.max_new_tokens # what the stages need, for a built-in task or a task file
     data.prompts.cot_messages(record)     # the teacher's prompts (taskfile.TaskPrompts)
-    TASKS["gsm8k"].max_new_tokens         # 256 (METHOD.md)
+    data.prompts.student_prefix(record)   # the student's prefix; data.prompts.stop ends its answer
+    data.reference(record)                # the `reference` teacher's worked solution, or None
+    TASKS["gsm8k"].max_new_tokens         # 256: builtin/gsm8k.yaml
 """
 
 from __future__ import annotations
 
+import functools
 import logging
-import os
 import random
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..config import TaskConfig
+from .readers import resolve_data_dir
 from .records import AnswerType, Record, TaskData
 from .steps import StepCheck, check_steps
+from .taskfile import TaskPrompts, builtin_names, builtin_path, file_prompts, load_task_file, read_task_file
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class TaskSpec:
+    """A built-in task as its file declares it (no data read)."""
+
     name: str
     answer_type: AnswerType
     max_new_tokens: int  # exam/eval generation budget (METHOD.md)
     description: str
+    reader: str | None
+    path: Path
 
 
-TASKS: dict[str, TaskSpec] = {
-    "arith": TaskSpec("arith", "numeric", 96, "synthetic multi-step arithmetic word problems (seeded)"),
-    "gsm8k": TaskSpec("gsm8k", "numeric", 256, "grade-school math, 7473 train / 1319 test"),
-    "svamp": TaskSpec("svamp", "numeric", 192, "SVAMP, reasoning-teacher split 700 / 300"),
-    "multiarith": TaskSpec("multiarith", "numeric", 192, "MultiArith, reasoning-teacher split 420 / 180"),
-    "asdiv": TaskSpec("asdiv", "numeric", 192, "ASDiv, numeric answers, folds 0-3 train / fold 4 test (docs/data.md)"),
-    "csqa": TaskSpec("csqa", "choice", 96, "CommonsenseQA, 9741 train / 1221 dev as test"),
-    "strategyqa": TaskSpec("strategyqa", "yesno", 128, "StrategyQA, reasoning-teacher split 1603 / 687"),
-}
+@functools.cache
+def _builtin_specs() -> dict[str, TaskSpec]:
+    out = {}
+    for name in builtin_names():
+        spec = read_task_file(builtin_path(name)).spec
+        out[name] = TaskSpec(name, spec.answer_type, spec.generation.max_new_tokens, spec.description,
+                             spec.data.reader, builtin_path(name))
+    return out
 
 
-def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
-    """The benchmark folder: the argument, else $RBYR_DATA_DIR, else ../shared/data beside the checkout.
+class _Builtins(Mapping):
+    """The built-in tasks by name, read from their files when first asked for."""
 
-    A folder named explicitly (argument or variable) must exist: falling back to another one would
-    silently load different data than the one asked for.
-    """
-    explicit = data_dir or os.environ.get("RBYR_DATA_DIR")
-    if explicit:
-        if not Path(explicit).is_dir():
-            raise FileNotFoundError(f"benchmark data folder {explicit} does not exist")
-        return Path(explicit)
-    for candidate in (Path.cwd().parent / "shared" / "data", Path(__file__).resolve().parents[3] / "shared" / "data"):
-        if candidate.is_dir():
-            return candidate
-    raise FileNotFoundError(
-        "benchmark data not found: pass task.data_dir=DIR (or --data-dir) or set RBYR_DATA_DIR "
-        "to the folder holding gsm8k/, svamp/, multiarith/, asdiv/, csqa/, strategyqa/")
+    def __getitem__(self, name: str) -> TaskSpec:
+        return _builtin_specs()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(_builtin_specs())
+
+    def __len__(self) -> int:
+        return len(_builtin_specs())
+
+
+TASKS: Mapping[str, TaskSpec] = _Builtins()
 
 
 def task_overrides(task: str) -> list[str]:
@@ -69,36 +74,14 @@ def task_overrides(task: str) -> list[str]:
     raise ValueError(f"unknown task {task!r}; available: {', '.join(TASKS)}, or a task file (docs/tasks.md)")
 
 
-def _load_raw(cfg: TaskConfig) -> TaskData:
-    if cfg.file is not None:
-        from .taskfile import load_task_file
-
-        return load_task_file(cfg.file, cfg.spec, allow_hub=cfg.allow_hub_download)
-    if cfg.name == "arith":
-        from .arith import generate
-
-        return generate(cfg.arith)
-    from .benchmarks import LOADERS
-
-    data_dir = resolve_data_dir(cfg.data_dir)
-    train, test = LOADERS[cfg.name](data_dir)
-    return TaskData(cfg.name, TASKS[cfg.name].answer_type, train=train, test=test)
-
-
 def load_task(cfg: TaskConfig, seed: int = 0) -> TaskData:
-    """Load a task's splits, carve the validation split from train, then apply the limits."""
-    if cfg.file is None and cfg.name not in TASKS:
-        raise ValueError(f"unknown task {cfg.name!r}; available: {', '.join(TASKS)}")
-    data = _load_raw(cfg)
-    if cfg.file is None:
-        from .taskfile import builtin_with_spec
-
-        spec = TASKS[cfg.name]
-        task_prompts, max_new_tokens = builtin_with_spec(cfg.name, spec.answer_type, spec.max_new_tokens, cfg.spec)
-        data = replace(data, max_new_tokens=max_new_tokens, prompts=task_prompts)
+    """Load a task's splits (a built-in task's file or the named one), carve the validation split from train,
+    then apply the limits."""
+    path = cfg.file if cfg.file is not None else builtin_path(cfg.name)
+    data = load_task_file(path, cfg.spec, allow_hub=cfg.allow_hub_download, data_dir=cfg.data_dir, arith=cfg.arith)
     train, val = list(data.train), list(data.val)
     if cfg.val_fraction > 0 and val:
-        raise ValueError(f"task.val_fraction: the task file {cfg.file} has its own val split; set it to 0")
+        raise ValueError(f"task.val_fraction: the task file {path} has its own val split; set it to 0")
     if cfg.val_fraction > 0:
         order = list(range(len(train)))
         random.Random(seed).shuffle(order)
@@ -114,16 +97,22 @@ def load_task(cfg: TaskConfig, seed: int = 0) -> TaskData:
     return replace(data, train=train, test=test, val=val)
 
 
+def task_prompts_of(cfg: TaskConfig) -> TaskPrompts:
+    """A task's prompts (with `task.spec` overrides) without reading its data."""
+    path = cfg.file if cfg.file is not None else builtin_path(cfg.name)
+    return file_prompts(read_task_file(path, cfg.spec))
+
+
 def gold_rationale(task: str | None, record: Record) -> str | None:
-    """A rationale built from the dataset's own worked solution (the `reference` teacher), or None.
-
-    `task` None (a task file): the record's solution, already cut to its reasoning when it was loaded."""
-    if task == "arith" or task not in TASKS:
+    """The `reference` teacher's rationale for a record of built-in task `task` (its reader's), or, with `task`
+    None (a task file over fields), the record's solution. A loaded task's own: TaskData.reference."""
+    if task is None:
         return record.solution
-    from .benchmarks import gold_rationale as benchmark_rationale
+    from .readers import READERS
 
-    return benchmark_rationale(task, record)
+    reader = TASKS[task].reader
+    return READERS[reader].rationale(record) if reader else record.solution
 
 
 __all__ = ["TASKS", "Record", "StepCheck", "TaskData", "TaskSpec", "check_steps", "gold_rationale", "load_task",
-           "resolve_data_dir", "task_overrides"]
+           "resolve_data_dir", "task_overrides", "task_prompts_of"]

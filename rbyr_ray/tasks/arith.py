@@ -117,8 +117,9 @@ def make_problem(rng: random.Random, cfg: ArithConfig, templates: dict[str, list
     return " ".join(sentences), start, steps
 
 
-def generate(cfg: ArithConfig) -> TaskData:
-    """Deterministic by `cfg.seed`; test questions come first and no question text is in both splits."""
+def generate(cfg: ArithConfig, name: str = "arith") -> TaskData:
+    """Deterministic by `cfg.seed`; test questions come first and no question text is in both splits.
+    `name`: the task's, for the record ids ("arith-train-0")."""
     rng = random.Random(cfg.seed)
     seen: set[str] = set()
     records: list[Record] = []
@@ -135,13 +136,13 @@ def generate(cfg: ArithConfig) -> TaskData:
         split = "test" if len(records) < cfg.n_test else "train"
         index = len(records) if split == "test" else len(records) - cfg.n_test
         records.append(Record(
-            id=f"arith-{split}-{index}",
+            id=f"{name}-{split}-{index}",
             question=question,
             answer=str(value),
             solution=canonical_rationale(start, steps),
             tags={"steps": str(len(steps)), "ops": ",".join(sorted({OP_NAMES[s.op] for s in steps}))},
         ))
-    return TaskData("arith", "numeric", train=records[cfg.n_test:], test=records[: cfg.n_test])
+    return TaskData(name, "numeric", train=records[cfg.n_test:], test=records[: cfg.n_test])
 
 
 # ------------------------------------------------------------------------------------- template inversion

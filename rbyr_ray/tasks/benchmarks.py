@@ -1,77 +1,37 @@
-"""Loaders for the six benchmarks, reading the original files in the data folder (see docs/data.md).
+"""The named readers of the six benchmarks' original formats and their reference rationales (docs/data.md).
 
-    train, test = LOADERS["gsm8k"](data_dir)      # lists of Record
-    gold_rationale("svamp", record)               # "76 - 25 = 51."
+    data = load_task(TaskConfig(name="gsm8k"))     # builtin/gsm8k.yaml: `data: {reader: gsm8k, ...}`
+    gsm8k_rationale(record)                        # "Natalia sold 48/2 = 24 clips in May. ..."
 
-Every loader raises ValueError naming the file and line of a malformed record, and logs a warning
+Every reader raises ValueError naming the file and line of a malformed record, and logs a warning
 with the count of records it skips on purpose (ASDiv answers that are not a single number).
-`gold_rationale` turns a dataset's own worked solution into a one-line rationale in the student's
+The `*_rationale` functions turn a dataset's own worked solution into a one-line rationale in the student's
 compact style; equations are computed by a small recursive-descent parser, never evaluated as code.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import xml.etree.ElementTree as ET
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from pydantic import BaseModel, ConfigDict
+
+from .files import malformed as _malformed
+from .files import read_json_array, read_jsonl
 from .grading import format_number, grade
 from .records import Record
+
+if TYPE_CHECKING:
+    from .readers import ReadContext
 
 log = logging.getLogger(__name__)
 
 # ------------------------------------------------------------------------------------- file reading
-
-
-def _malformed(path: Path, line: int, why: str) -> ValueError:
-    return ValueError(f"{path}:{line}: {why}")
-
-
-def _read_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
-    """(line number, object) for every non-blank line of a JSON-lines file."""
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise _malformed(path, lineno, f"not valid JSON ({exc.msg})") from None
-            if not isinstance(obj, dict):
-                raise _malformed(path, lineno, "expected a JSON object")
-            yield lineno, obj
-
-
-def _read_json_array(path: Path) -> Iterator[tuple[int, dict]]:
-    """(line number, object) for every item of a file holding one JSON array of objects.
-
-    Items are decoded one at a time so that an error can name the line where the bad item starts.
-    """
-    text = path.read_text(encoding="utf-8")
-    decoder = json.JSONDecoder()
-    ws = re.compile(r"[\s,]*")
-    pos = ws.match(text, 0).end()
-    if not text.startswith("[", pos):
-        raise _malformed(path, 1, "expected a JSON array")
-    pos, lineno, counted = ws.match(text, pos + 1).end(), 1, 0
-    while not text.startswith("]", pos):
-        lineno += text.count("\n", counted, pos)
-        counted = pos
-        try:
-            obj, pos = decoder.raw_decode(text, pos)
-        except json.JSONDecodeError as exc:
-            raise _malformed(path, exc.lineno, f"not valid JSON ({exc.msg})") from None
-        if not isinstance(obj, dict):
-            raise _malformed(path, lineno, "expected a JSON object")
-        yield lineno, obj
-        pos = ws.match(text, pos).end()
-        if pos >= len(text):
-            raise _malformed(path, text.count("\n") + 1, "the JSON array is not closed")
 
 
 def _get(obj: dict, key: str, kind: type | tuple[type, ...], path: Path, lineno: int):
@@ -208,23 +168,20 @@ def _expression_rationale(expression: str, gold: str) -> str:
     return _finish(equation_steps(parse_expression(expression))[0], gold)
 
 
-# ------------------------------------------------------------------------------------------ loaders
+# ------------------------------------------------------------------------------------------ readers
+# Each reads one split's file (`<name>_split(path, task, split)`), or all splits (`read_asdiv(ctx)`), in its
+# dataset's original format; record ids are "<task>-<split>-<index>". readers.py names them.
 
 
-def load_gsm8k(data_dir: Path) -> tuple[list[Record], list[Record]]:
-    return _gsm8k_split(data_dir / "gsm8k" / "train.jsonl", "train"), _gsm8k_split(
-        data_dir / "gsm8k" / "test.jsonl", "test")
-
-
-def _gsm8k_split(path: Path, split: str) -> list[Record]:
+def gsm8k_split(path: Path, task: str, split: str) -> list[Record]:
     records = []
-    for i, (lineno, obj) in enumerate(_read_jsonl(path)):
+    for i, (lineno, obj) in enumerate(read_jsonl(path)):
         solution = _get(obj, "answer", str, path, lineno)
         if "####" not in solution:
             raise _malformed(path, lineno, "the answer has no '#### N' line")
         steps, final = solution.rsplit("####", 1)
         records.append(Record(
-            id=f"gsm8k-{split}-{i}",
+            id=f"{task}-{split}-{i}",
             question=_clean(_get(obj, "question", str, path, lineno)),
             answer=_number_text(final, path, lineno),
             solution=solution,
@@ -233,19 +190,14 @@ def _gsm8k_split(path: Path, split: str) -> list[Record]:
     return records
 
 
-def load_svamp(data_dir: Path) -> tuple[list[Record], list[Record]]:
-    return _svamp_split(data_dir / "svamp" / "rt_train.json", "train"), _svamp_split(
-        data_dir / "svamp" / "rt_test.json", "test")
-
-
-def _svamp_split(path: Path, split: str) -> list[Record]:
+def svamp_split(path: Path, task: str, split: str) -> list[Record]:
     records = []
-    for i, (lineno, obj) in enumerate(_read_json_array(path)):
+    for i, (lineno, obj) in enumerate(read_json_array(path)):
         equation = _get(obj, "Equation", str, path, lineno)
         # The usual SVAMP question: Body and Question joined by a space (as zero-shot-CoT and reasoning-teacher do).
         body, question = _get(obj, "Body", str, path, lineno), _get(obj, "Question", str, path, lineno)
         records.append(Record(
-            id=f"svamp-{split}-{i}",
+            id=f"{task}-{split}-{i}",
             question=_clean(f"{body} {question}"),
             answer=_number_text(_get(obj, "Answer", (int, float), path, lineno), path, lineno),
             solution=equation,
@@ -255,19 +207,14 @@ def _svamp_split(path: Path, split: str) -> list[Record]:
     return records
 
 
-def load_multiarith(data_dir: Path) -> tuple[list[Record], list[Record]]:
-    return _multiarith_split(data_dir / "multiarith" / "rt_train.json", "train"), _multiarith_split(
-        data_dir / "multiarith" / "rt_test.json", "test")
-
-
-def _multiarith_split(path: Path, split: str) -> list[Record]:
+def multiarith_split(path: Path, task: str, split: str) -> list[Record]:
     records = []
-    for i, (lineno, obj) in enumerate(_read_json_array(path)):
+    for i, (lineno, obj) in enumerate(read_json_array(path)):
         equations, solutions = _get(obj, "lEquations", list, path, lineno), _get(obj, "lSolutions", list, path, lineno)
         if len(equations) != 1 or len(solutions) != 1:
             raise _malformed(path, lineno, "expected one equation and one solution")
         records.append(Record(
-            id=f"multiarith-{split}-{i}",
+            id=f"{task}-{split}-{i}",
             question=_clean(_get(obj, "sQuestion", str, path, lineno)),
             answer=_number_text(solutions[0], path, lineno),
             solution=str(equations[0]),
@@ -276,15 +223,9 @@ def _multiarith_split(path: Path, split: str) -> list[Record]:
     return records
 
 
-def load_csqa(data_dir: Path) -> tuple[list[Record], list[Record]]:
-    # CSQA's test file has no answers; the 1221 dev questions are the test split, as usual.
-    return _csqa_split(data_dir / "csqa" / "train_rand_split.jsonl", "train"), _csqa_split(
-        data_dir / "csqa" / "dev_rand_split.jsonl", "test")
-
-
-def _csqa_split(path: Path, split: str) -> list[Record]:
+def csqa_split(path: Path, task: str, split: str) -> list[Record]:
     records = []
-    for i, (lineno, obj) in enumerate(_read_jsonl(path)):
+    for i, (lineno, obj) in enumerate(read_jsonl(path)):
         question = _get(obj, "question", dict, path, lineno)
         choices = _get(question, "choices", list, path, lineno)
         try:
@@ -297,7 +238,7 @@ def _csqa_split(path: Path, split: str) -> list[Record]:
         if key not in by_label:
             raise _malformed(path, lineno, f"answerKey {key!r} is not a choice label")
         records.append(Record(
-            id=f"csqa-{split}-{i}",
+            id=f"{task}-{split}-{i}",
             question=_clean(_get(question, "stem", str, path, lineno)),
             answer=key,
             choices=tuple(by_label[letter] for letter in "abcde"),
@@ -306,19 +247,12 @@ def _csqa_split(path: Path, split: str) -> list[Record]:
     return records
 
 
-def load_strategyqa(data_dir: Path) -> tuple[list[Record], list[Record]]:
-    # The rt_*_orig files (the original schema) rather than rt_*_bigbench: same questions in the same order,
-    # but they keep the facts as a list and the decomposition, which the reference rationale needs.
-    return _strategyqa_split(data_dir / "strategyqa" / "rt_train_orig.jsonl", "train"), _strategyqa_split(
-        data_dir / "strategyqa" / "rt_test_orig.jsonl", "test")
-
-
-def _strategyqa_split(path: Path, split: str) -> list[Record]:
+def strategyqa_split(path: Path, task: str, split: str) -> list[Record]:
     records = []
-    for i, (lineno, obj) in enumerate(_read_jsonl(path)):
+    for i, (lineno, obj) in enumerate(read_jsonl(path)):
         facts = _get(obj, "facts", list, path, lineno)
         records.append(Record(
-            id=f"strategyqa-{split}-{i}",
+            id=f"{task}-{split}-{i}",
             question=_clean(_get(obj, "question", str, path, lineno)),
             answer="yes" if _get(obj, "answer", bool, path, lineno) else "no",
             solution="\n".join(_clean(str(f)) for f in facts),
@@ -328,42 +262,52 @@ def _strategyqa_split(path: Path, split: str) -> list[Record]:
     return records
 
 
-# ASDiv has no official split: its five cross-validation folds (nfolds/asdiv-w, which cover all 2305
-# problems; asdiv-a is the arithmetic subset of the same folds) give folds 0-3 as train, fold 4 as test.
-ASDIV_TRAIN_FOLDS = (0, 1, 2, 3)
-ASDIV_TEST_FOLDS = (4,)
+class AsdivOptions(BaseModel):
+    """ASDiv has no official split: the task file names the folds that make each split (asdiv.yaml)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    folds: str  # a folder of fold<k>.txt files, one problem ID a line (nfolds/asdiv-w covers all problems)
+    arithmetic_folds: str | None = None  # the same for the arithmetic subset (nfolds/asdiv-a): the asdiv_a tag
+    train_folds: list[int]
+    test_folds: list[int]
+
+
 # "9 (apples)", "2.5", "3/4 (of a cake)", "-(1/3)": one number, optionally with a unit in parentheses.
 _ASDIV_NUMBER = re.compile(r"(?P<sign>-?)\(?(?P<num>\d+(?:\.\d+)?(?:/\d+)?)\)?\s*(?:\([^()]*\))?")
 
 
-def load_asdiv(data_dir: Path) -> tuple[list[Record], list[Record]]:
-    folder = data_dir / "asdiv"
-    path = folder / "ASDiv.xml"
+def read_asdiv(ctx: ReadContext) -> dict[str, list[Record]]:
+    opts = ctx.options_as(AsdivOptions)
+    path = ctx.source("source")
     text = path.read_text(encoding="utf-8")
     try:
         root = ET.fromstring(text)
     except ET.ParseError as exc:
         raise _malformed(path, exc.position[0], f"not valid XML ({exc})") from None
     problems = {p.get("ID"): p for p in root.iter("Problem")}
-    arithmetic = set().union(*(_fold_ids(folder / "nfolds" / "asdiv-a" / f"fold{k}.txt") for k in range(5)))
+    every_fold = sorted({*opts.train_folds, *opts.test_folds})
+    arithmetic: set[str] = set()
+    if opts.arithmetic_folds:
+        arithmetic = set().union(*(_fold_ids(ctx.resolve(opts.arithmetic_folds) / f"fold{k}.txt") for k in every_fold))
     splits: dict[str, list[Record]] = {"train": [], "test": []}
     skipped = 0
-    for split, folds in (("train", ASDIV_TRAIN_FOLDS), ("test", ASDIV_TEST_FOLDS)):
+    for split, folds in (("train", opts.train_folds), ("test", opts.test_folds)):
         for k in folds:
-            fold_path = folder / "nfolds" / "asdiv-w" / f"fold{k}.txt"
+            fold_path = ctx.resolve(opts.folds) / f"fold{k}.txt"
             for pid in _fold_ids(fold_path):
                 if pid not in problems:
                     raise ValueError(f"{fold_path}: problem {pid} is not in {path}")
-                record = _asdiv_record(problems[pid], f"asdiv-{split}-{len(splits[split])}", path, text,
+                record = _asdiv_record(problems[pid], f"{ctx.task}-{split}-{len(splits[split])}", path, text,
                                        pid in arithmetic)
                 if record is None:
                     skipped += 1
                 else:
                     splits[split].append(record)
     if skipped:
-        log.warning("asdiv: skipped %d problems whose answer is not a single number (names, times, ratios, "
-                    "several numbers); see docs/data.md", skipped)
-    return splits["train"], splits["test"]
+        log.warning("%s: skipped %d problems whose answer is not a single number (names, times, ratios, "
+                    "several numbers); see docs/data.md", ctx.task, skipped)
+    return splits
 
 
 def _fold_ids(path: Path) -> list[str]:
@@ -393,15 +337,6 @@ def _asdiv_record(problem: ET.Element, rid: str, path: Path, text: str, arithmet
     )
 
 
-LOADERS: dict[str, Callable[[Path], tuple[list[Record], list[Record]]]] = {
-    "gsm8k": load_gsm8k,
-    "svamp": load_svamp,
-    "multiarith": load_multiarith,
-    "asdiv": load_asdiv,
-    "csqa": load_csqa,
-    "strategyqa": load_strategyqa,
-}
-
 # ---------------------------------------------------------------------------------- gold rationales
 
 _CALCULATOR = re.compile(r"<<[^>]*>>")
@@ -409,27 +344,42 @@ _UNIT_GROUP = re.compile(r"\([^()]*[A-Za-z][^()]*\)")  # ASDiv "(cent/dime)", "(
 _REMAINDER = re.compile(r"^\s*(\d+)\s*r\s*(\d+)\s*$")
 
 
-def gold_rationale(task: str, record: Record) -> str | None:
-    """The dataset's own worked solution as a compact one-line rationale that ends on the gold answer."""
-    if task == "csqa":
-        letter = record.answer
-        return f'The question asks for the best fit: "{record.choices["abcde".index(letter)]}". ' \
-               f"So the answer is ({letter})."
+# The `reference` teacher's rationale from each dataset's own worked solution (Reader.rationale): a compact
+# one-line rationale in the student's style that ends on the gold answer.
+
+
+def csqa_rationale(record: Record) -> str:
+    letter = record.answer
+    return f'The question asks for the best fit: "{record.choices["abcde".index(letter)]}". ' \
+           f"So the answer is ({letter})."
+
+
+def gsm8k_rationale(record: Record) -> str | None:
     if record.solution is None:
         return None
-    if task == "gsm8k":
-        steps = record.solution.rsplit("####", 1)[0]
-        return _finish([" ".join(_CALCULATOR.sub("", steps).split())], record.answer)
-    if task == "svamp":
-        return _expression_rationale(record.solution, record.answer)
-    if task == "multiarith":
-        return _expression_rationale(record.solution.split("=", 1)[-1], record.answer)
-    if task == "asdiv":
-        return _asdiv_rationale(record.solution, record.answer)
-    if task == "strategyqa":
-        facts = [f if f.endswith((".", "?", "!")) else f + "." for f in record.solution.splitlines() if f]
-        return " ".join(facts + [f"So the answer is {record.answer}."])
-    raise ValueError(f"no gold rationale for task {task!r}")
+    steps = record.solution.rsplit("####", 1)[0]
+    return _finish([" ".join(_CALCULATOR.sub("", steps).split())], record.answer)
+
+
+def svamp_rationale(record: Record) -> str | None:
+    return None if record.solution is None else _expression_rationale(record.solution, record.answer)
+
+
+def multiarith_rationale(record: Record) -> str | None:
+    if record.solution is None:
+        return None
+    return _expression_rationale(record.solution.split("=", 1)[-1], record.answer)
+
+
+def strategyqa_rationale(record: Record) -> str | None:
+    if record.solution is None:
+        return None
+    facts = [f if f.endswith((".", "?", "!")) else f + "." for f in record.solution.splitlines() if f]
+    return " ".join(facts + [f"So the answer is {record.answer}."])
+
+
+def asdiv_rationale(record: Record) -> str | None:
+    return None if record.solution is None else _asdiv_rationale(record.solution, record.answer)
 
 
 def _asdiv_rationale(formula: str, gold: str) -> str:

@@ -11,10 +11,10 @@ log = logging.getLogger(__name__)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("tasks", help="list the built-in tasks with their split sizes; `tasks check FILE` checks a "
-                                      "task file (docs/tasks.md)")
+    p = sub.add_parser("tasks", help="list the built-in tasks (tasks/builtin/*.yaml) with their split sizes; "
+                                      "`tasks check FILE` checks a task file (docs/tasks.md)")
     p.add_argument("action", nargs="?", choices=["check"], help="check: validate a task file and show what it gives")
-    p.add_argument("file", nargs="?", help="the task file to check")
+    p.add_argument("file", nargs="?", help="the task file to check (or a built-in task's name)")
     p.add_argument("--data-dir", default=None, help="benchmark folder (default: $RBYR_DATA_DIR or ../shared/data)")
     p.add_argument("--show", type=int, default=3, help="check: records shown")
     p.add_argument("--json", action="store_true")
@@ -34,7 +34,7 @@ def cmd_tasks(args: argparse.Namespace) -> int:
     if args.action == "check":
         if not args.file:
             raise ValueError("tasks check: name the task file: rbyr-ray tasks check FILE")
-        return check_task_file(args.file, show=args.show, as_json=args.json)
+        return check_task_file(args.file, show=args.show, as_json=args.json, data_dir=args.data_dir)
 
     sizes = {}
     for name in TASKS:
@@ -48,14 +48,14 @@ def cmd_tasks(args: argparse.Namespace) -> int:
     return 0
 
 
-def check_task_file(path: str, show: int = 3, as_json: bool = False) -> int:
+def check_task_file(path: str, show: int = 3, as_json: bool = False, data_dir: str | None = None) -> int:
     """Load a task file as a run would (every gold answer graded against itself on the way) and print what a
     user needs to trust it: split sizes, the first records, the student prefix and the teacher's prompts."""
     from ..config import TaskConfig
-    from . import load_task
-    from .prompts import student_prefix
+    from . import TASKS, load_task
 
-    data = load_task(TaskConfig(file=path))
+    task = {"name": path} if path in TASKS else {"file": path}
+    data = load_task(TaskConfig(**task, data_dir=data_dir))
     record = data.train[0]
     wrong = "(a wrong rationale of the student)\nAnswer: ?"
     report = {
@@ -64,7 +64,7 @@ def check_task_file(path: str, show: int = 3, as_json: bool = False) -> int:
         "splits": {"train": len(data.train), "test": len(data.test), "val": len(data.val)},
         "records": [{"id": r.id, "question": r.question, "choices": list(r.choices), "answer": r.answer,
                      "solution": r.solution, "tags": r.tags} for r in data.train[:show]],
-        "student_prefix": student_prefix(record),
+        "student_prefix": data.prompts.student_prefix(record), "stop": data.prompts.stop,
         "teacher_prompt": data.prompts.cot_messages(record),
         "feedback_prompt": data.prompts.feedback_messages(record, wrong),
         "gold_self_check": f"{len(data.train) + len(data.test) + len(data.val)} of "
@@ -82,7 +82,7 @@ def check_task_file(path: str, show: int = 3, as_json: bool = False) -> int:
         solution = f" solution={r['solution']!r}" if r["solution"] else ""
         tags = f" tags={r['tags']}" if r["tags"] else ""
         print(f"  {r['id']}: {r['question']!r}{choices} -> {r['answer']!r}{solution}{tags}")
-    print("\nstudent prefix:\n" + _indent(report["student_prefix"]))
+    print(f"\nstudent prefix (its answer stops at {report['stop']!r}):\n" + _indent(report["student_prefix"]))
     for title, messages in (("teacher prompt (round 1)", report["teacher_prompt"]),
                             ("feedback prompt (rounds >= 2)", report["feedback_prompt"])):
         print(f"\n{title}:")

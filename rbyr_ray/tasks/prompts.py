@@ -2,18 +2,26 @@
 
 Student:  prefix = [demonstrations] + "Question: {q}\\n[Answer Choices: (a) ... ]\\nReasoning: "
           target = "{rationale}\\nAnswer: {gold}"   (the tokenizer's eos is appended by the caller)
+          (a task file may change the prefix template and the stop: taskfile.TaskPrompts)
 Teacher:  chat messages; the last user message always carries "Question: {q}" so that a local teacher
           server can find the question, and the teacher is asked to end with "Answer: X".
 """
 
 from __future__ import annotations
 
+import json
 import re
+from pathlib import Path
+
+import yaml
 
 from .records import Record
 
 ANSWER_PREFIX = "Answer: "
 STOP = "\n\n"  # the student stops at a blank line
+# The student's prefix: `question_block` is "Question: ...\n" and, for multiple choice, "Answer Choices: ...\n".
+STUDENT_PREFIX = "{question_block}Reasoning: "
+STUDENT_FIELDS = ("question_block", "question", "choices")
 
 
 def fold_rationale(text: str) -> str:
@@ -36,10 +44,17 @@ def student_target(rationale: str, answer: str) -> str:
     return f"{fold_rationale(rationale)}\n{ANSWER_PREFIX}{answer}"
 
 
-def student_prefix(record: Record, demos: list[tuple[Record, str]] | None = None) -> str:
-    """The exam/eval/training prefix; `demos` are (record, rationale) few-shot demonstrations."""
-    shots = "".join(question_block(r) + "Reasoning: " + student_target(rat, r.answer) + STOP for r, rat in demos or [])
-    return shots + question_block(record) + "Reasoning: "
+def student_prefix(record: Record, demos: list[tuple[Record, str]] | None = None,
+                   template: str = STUDENT_PREFIX, stop: str = STOP) -> str:
+    """The exam/eval/training prefix; `demos` are (record, rationale) few-shot demonstrations, each ended by
+    the stop. A task's own template and stop come from its TaskPrompts."""
+
+    def prefix(r: Record) -> str:
+        return template.format(question_block=question_block(r), question=r.question.strip(),
+                               choices=format_choices(r.choices))
+
+    shots = "".join(prefix(r) + student_target(rat, r.answer) + stop for r, rat in demos or [])
+    return shots + prefix(record)
 
 
 def strip_answer_line(rationale: str) -> str:
@@ -60,35 +75,24 @@ ANSWER_FORMS = {
     "choice": "the letter of the correct choice, (a) to (e)",
 }
 
-# Hand-written demonstrations, keyed by task name or, as the fallback, by answer type; short, in the
-# student's compact style, so that accepted teacher rationales look like what the student should write.
+DEMOS_DIR = Path(__file__).resolve().parent / "builtin" / "demos"
+
+
+def read_demo_items(path: Path) -> list:
+    """The items of a demonstrations file: a YAML list, or JSON Lines (.jsonl/.ndjson)."""
+    text = path.read_text(encoding="utf-8")
+    if path.suffix in (".jsonl", ".ndjson"):
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+    return yaml.safe_load(text) or []
+
+
+# Hand-written demonstrations (builtin/demos/*.yaml), keyed by file name: each answer type's (the default of a
+# task file of that type) and arith's own. Short, in the student's compact style, so that accepted teacher
+# rationales look like what the student should write. The built-in task files name theirs.
 FEW_SHOT: dict[str, list[tuple[str, tuple[str, ...], str, str]]] = {
-    "arith": [
-        (("Mia has 12 marbles. She buys 7 more marbles. She gives away 3 marbles. "
-         "How many marbles does Mia have now?"), (), "12 + 7 = 19. 19 - 3 = 16.", "16"),
-        (("Omar starts with 8 coins. Then he ends up with 3 times as many coins as he had. "
-         "He splits the coins into 4 equal groups and keeps one group. How many coins does Omar have now?"), (),
-         "8 * 3 = 24. 24 / 4 = 6.", "6"),
-    ],
-    "numeric": [
-        ("A baker makes 24 rolls and sells 3 bags of 5 rolls. How many rolls are left?", (),
-         "The baker sells 3 * 5 = 15 rolls. 24 - 15 = 9 rolls are left.", "9"),
-        ("Tim reads 12 pages a day for 4 days, then 10 more pages. How many pages has he read?", (),
-         "In 4 days he reads 12 * 4 = 48 pages. 48 + 10 = 58 pages in all.", "58"),
-    ],
-    "yesno": [
-        ("Could a cat fit inside a shoebox?", (),
-         "A shoebox is about 30 cm long. A small cat curled up is about 30 cm long. So a cat could fit.", "yes"),
-        ("Is the Pacific Ocean smaller than Lake Superior?", (),
-         ("The Pacific Ocean covers about 165 million square km. Lake Superior covers about 82,000 square km. "
-          "So the Pacific is far larger."), "no"),
-    ],
-    "choice": [
-        ("Where would you keep milk cold?", ("oven", "refrigerator", "cupboard", "garden", "car"),
-         "Milk must stay cold. A refrigerator keeps food cold.", "b"),
-        ("What do people use to cut paper?", ("spoon", "pillow", "glue", "scissors", "water"),
-         "Cutting needs a blade. Scissors have blades for paper.", "d"),
-    ],
+    path.stem: [(d["question"], tuple(d.get("choices") or ()), d["rationale"], d["answer"])
+                for d in read_demo_items(path)]
+    for path in sorted(DEMOS_DIR.glob("*.yaml"))
 }
 
 
@@ -104,14 +108,13 @@ def _answer_type(record: Record, answer_type: str | None) -> str:
     return answer_type or ("choice" if record.choices else "numeric")
 
 
-def teacher_cot_messages(record: Record, answer_type: str | None = None, few_shot: bool = True,
-                         task: str | None = None) -> list[dict]:
-    """Round 1: a few-shot chain-of-thought prompt for the whole training set (the task's demonstrations
-    when it has its own, else its answer type's)."""
+def teacher_cot_messages(record: Record, answer_type: str | None = None, few_shot: bool = True) -> list[dict]:
+    """Round 1: a few-shot chain-of-thought prompt for the whole training set, with the answer type's
+    demonstrations (a task's own: taskfile.TaskPrompts)."""
     kind = _answer_type(record, answer_type)
     messages = [{"role": "system", "content": TEACHER_SYSTEM.format(answer_form=ANSWER_FORMS[kind])}]
     if few_shot:
-        for question, choices, rationale, answer in FEW_SHOT.get(task or kind, FEW_SHOT[kind]):
+        for question, choices, rationale, answer in FEW_SHOT[kind]:
             demo = Record(id="demo", question=question, answer=answer, choices=choices)
             messages.append({"role": "user", "content": question_block(demo).strip()})
             messages.append({"role": "assistant", "content": student_target(rationale, answer)})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -19,7 +20,8 @@ class Record:
     decimal is exact; see grading.format_number) for numeric tasks,
     "yes"/"no" for yes/no tasks, a letter "a".."e" for multiple choice, the text as written for `text` and
     user graders. `solution` is the dataset's own worked solution when it has one (GSM8K steps, an equation,
-    StrategyQA facts), raw for a built-in task; a task file's is cut to its reasoning (tasks/taskfile.py).
+    StrategyQA facts), raw as its named reader reads it (TaskData.reference makes the rationale); a task file's
+    fields-based solution is cut to its reasoning (tasks/taskfile.py).
     """
 
     id: str
@@ -61,12 +63,19 @@ class TaskData:
     test: list[Record]
     val: list[Record] = field(default_factory=list)
     # What every stage needs besides the records, so that none looks the task up by name: the exam/eval
-    # generation budget, and the teacher's prompts (taskfile.TaskPrompts; built-in tasks get the defaults).
+    # generation budget, and the student's and teacher's prompts with the student's stop (taskfile.TaskPrompts).
     max_new_tokens: int = 256
     prompts: Any = None
-    source: str | None = None  # the task file, for a task loaded from one
+    source: str | None = None  # the task file the task was loaded from (a built-in's is in tasks/builtin/)
+    # A named reader's rationale from a record's raw solution (readers.Reader.rationale); None: the solution is
+    # one already (a task file's, cut to its reasoning when loaded).
+    rationale: Callable[[Record], str | None] | None = None
 
     def split(self, name: str) -> list[Record]:
         if name not in ("train", "test", "val"):
             raise ValueError(f"unknown split {name!r}: expected train, test or val")
         return getattr(self, name)
+
+    def reference(self, record: Record) -> str | None:
+        """The worked solution the `reference` teacher answers with (None: the record has none)."""
+        return self.rationale(record) if self.rationale is not None else record.solution

@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ..config import ConfigError, _yaml_lines, deep_merge, read_yaml_mapping, validate_config
@@ -71,6 +70,11 @@ class HubSource(_Spec):
 
 
 class DataSpec(_Spec):
+    # A named reader of a dataset's original format (readers.READERS: gsm8k, asdiv, ...): it makes the records
+    # itself, from sources relative to the benchmark data folder (task.data_dir, $RBYR_DATA_DIR), so no
+    # `fields`. None: records from the sources' fields.
+    reader: str | None = None
+    options: dict[str, Any] = {}  # the reader's own settings (asdiv: its folds)
     train: Source | str | None = None
     test: Source | str | None = None
     val: Source | str | None = None
@@ -84,6 +88,10 @@ class DataSpec(_Spec):
     def _one_layout(self) -> DataSpec:
         splits = self.train is not None or self.test is not None
         layouts = [splits, self.source is not None, self.hub is not None]
+        if self.reader is not None:
+            return self._reader_layout(splits)
+        if self.options:
+            raise ValueError("`options` are a named reader's (data.reader)")
         if sum(layouts) != 1:
             raise ValueError("give train + test (+ val) sources, or `source` + `test_fraction`, or `hub`; "
                              "exactly one of them")
@@ -93,6 +101,16 @@ class DataSpec(_Spec):
             raise ValueError("`source` and `test_fraction` go together")
         if self.val is not None and not splits:
             raise ValueError("`val` goes with train + test sources (else use task.val_fraction)")
+        return self
+
+    def _reader_layout(self, splits: bool) -> DataSpec:
+        """A reader reads train + test (+ val), or one `source` it splits itself, or no file at all (arith)."""
+        if self.hub is not None:
+            raise ValueError("a named reader reads files, not `hub`")
+        if splits and (self.train is None or self.test is None):
+            raise ValueError(f"the {'test' if self.test is None else 'train'} split has no source")
+        if splits and self.source is not None:
+            raise ValueError("give train + test (+ val) sources or `source`, not both")
         return self
 
     def sources(self) -> dict[str, Source]:
@@ -126,6 +144,7 @@ class PromptsSpec(_Spec):
     teacher_system: str | None = None  # may use {answer_form}
     few_shot: list[Demo] | str | None = None  # the teacher's demonstrations, inline or a YAML/JSONL file
     feedback: str | None = None  # the feedback request (rounds >= 2); placeholders: FEEDBACK_FIELDS
+    student: str | None = None  # the student's prefix (exam, evaluation, training); placeholders: STUDENT_FIELDS
 
     @field_validator("teacher_system")
     @classmethod
@@ -141,16 +160,26 @@ class PromptsSpec(_Spec):
             _check_template(value, FEEDBACK_FIELDS)
         return value
 
+    @field_validator("student")
+    @classmethod
+    def _student_fields(cls, value: str | None) -> str | None:
+        if value is not None:
+            _check_template(value, prompts.STUDENT_FIELDS)
+        return value
+
 
 class GenerationSpec(_Spec):
     max_new_tokens: int = Field(256, ge=1, description="the exam/eval generation budget")
+    # Where the student's answer ends (exam, evaluation, the student teacher) and what separates its few-shot
+    # demonstrations; the default is a blank line.
+    stop: str = Field(prompts.STOP, min_length=1)
 
 
 class TaskFile(_Spec):
     name: str | None = None  # None: the file's stem
     description: str = ""
     data: DataSpec
-    fields: FieldsSpec
+    fields: FieldsSpec | None = None  # required unless a named reader makes the records (data.reader)
     answer_type: str = Field(description="numeric, yesno, choice, text, or package.module:function")
     generation: GenerationSpec = GenerationSpec()
     prompts: PromptsSpec = PromptsSpec()
@@ -161,6 +190,14 @@ class TaskFile(_Spec):
         if value not in BUILTIN_TYPES and not is_grader_name(value):
             raise ValueError(f"expected one of {', '.join(BUILTIN_TYPES)} or a grader package.module:function")
         return value
+
+    @model_validator(mode="after")
+    def _fields_or_reader(self) -> TaskFile:
+        if self.data.reader is None and self.fields is None:
+            raise ValueError("`fields` is required (which field is the question, which the answer, ...)")
+        if self.data.reader is not None and self.fields is not None:
+            raise ValueError(f"data.reader {self.data.reader} makes the records itself; remove `fields`")
+        return self
 
 
 def template_fields(template: str) -> list[str]:
@@ -182,16 +219,21 @@ def _check_template(template: str, allowed: tuple[str, ...] | None = None) -> No
 # ------------------------------------------------------------------------------------------------ prompts
 
 
+Demos = tuple[tuple[str, tuple[str, ...], str, str], ...]  # (question, choices, rationale, answer) each
+
+
 @dataclass(frozen=True)
 class TaskPrompts:
-    """The teacher's prompts for one task. With nothing set they are exactly today's (prompts.py)."""
+    """The student's and the teacher's prompts for one task. With nothing set they are exactly today's
+    (prompts.py): the answer type's demonstrations, the blank-line stop."""
 
     answer_type: str
-    task: str | None = None  # a built-in task's name: its own demonstrations (prompts.FEW_SHOT)
     answer_form: str | None = None
     system: str | None = None
-    demos: tuple[tuple[str, tuple[str, ...], str, str], ...] | None = None
+    demos: Demos | None = None
     feedback: str | None = None
+    student: str | None = None  # the student's prefix template (None: prompts.STUDENT_PREFIX)
+    stop: str = prompts.STOP  # where the student's answer ends
 
     @property
     def _kind(self) -> str:
@@ -209,12 +251,15 @@ class TaskPrompts:
     def system_text(self) -> str:
         return (self.system or prompts.TEACHER_SYSTEM).format(answer_form=self.form())
 
+    def student_prefix(self, record: Record, demos: list[tuple[Record, str]] | None = None) -> str:
+        """The exam/eval/training prefix, in this task's template and with its stop after each demonstration."""
+        return prompts.student_prefix(record, demos, template=self.student or prompts.STUDENT_PREFIX, stop=self.stop)
+
     def cot_messages(self, record: Record, few_shot: bool = True) -> list[dict]:
         if not self._own_system and self.demos is None:
-            return prompts.teacher_cot_messages(record, self.answer_type, few_shot=few_shot, task=self.task)
+            return prompts.teacher_cot_messages(record, self.answer_type, few_shot=few_shot)
         own_demos = self.demos is not None or self._kind != self.answer_type
-        messages = prompts.teacher_cot_messages(record, self._kind, few_shot=few_shot and not own_demos,
-                                                task=self.task)
+        messages = prompts.teacher_cot_messages(record, self._kind, few_shot=few_shot and not own_demos)
         messages[0] = {"role": "system", "content": self.system_text()}
         if few_shot and own_demos:
             shots = []
@@ -241,8 +286,12 @@ class TaskPrompts:
 
 
 def task_prompts(task: str | TaskPrompts | None, answer_type: str) -> TaskPrompts:
-    """The prompts of `task`: a TaskPrompts as is, a built-in task's name (or None) as today's prompts."""
-    return task if isinstance(task, TaskPrompts) else TaskPrompts(answer_type, task=task)
+    """The prompts of `task`: a TaskPrompts as is, a built-in task's name as its file's, None as the defaults."""
+    if isinstance(task, TaskPrompts):
+        return task
+    if task is None:
+        return TaskPrompts(answer_type)
+    return file_prompts(read_task_file(builtin_path(task)))
 
 
 # ------------------------------------------------------------------------------------------------ reading
@@ -261,6 +310,7 @@ class _File:
     spec: TaskFile
     path: str
     lines: dict = field(default_factory=dict)
+    overridden: frozenset = frozenset()  # the keys set by task.spec ("prompts.few_shot", ...)
 
     def at(self, *key: str) -> str:
         line = self.lines.get(tuple(key))
@@ -288,7 +338,7 @@ def read_task_file(path: str | os.PathLike, overrides: dict | None = None) -> _F
     data = deep_merge(data, overrides)
     shown = tuple(f"{key}={json.dumps(value)}" for key, value in _flatten(overrides))
     spec = validate_config(data, source, _yaml_lines(text), shown, model=TaskFile, what="task file")
-    return _File(spec, source, _yaml_lines(text))
+    return _File(spec, source, _yaml_lines(text), frozenset(key for key, _ in _flatten(overrides)))
 
 
 def _is_uri(path: str) -> bool:
@@ -521,19 +571,18 @@ def _self_check(record: Record, where: str, answer_type: str) -> None:
                             f"(answer_type {answer_type})")
 
 
-def _demos(tf: _File) -> tuple[tuple[str, tuple[str, ...], str, str], ...] | None:
+def _demos(tf: _File) -> Demos | None:
     few = tf.spec.prompts.few_shot
     if few is None:
         return None
     if isinstance(few, str):
-        path = Path(tf.path).parent / few if tf.path != SPEC_SOURCE else Path(few)
+        # A file beside the task file; a built-in's is in the package, so an override's is the user's own.
+        builtin_override = "prompts.few_shot" in tf.overridden and Path(tf.path).parent == BUILTIN_DIR
+        path = Path(few) if builtin_override else Path(tf.path).parent / few
         if not path.is_file():
             raise tf.error(("prompts", "few_shot"), f"no such file: {_shown(str(path))}")
-        text = path.read_text(encoding="utf-8")
         try:
-            items = ([json.loads(line) for line in text.splitlines() if line.strip()]
-                     if path.suffix in (".jsonl", ".ndjson") else yaml.safe_load(text))
-            few = [Demo.model_validate(d) for d in items or []]
+            few = [Demo.model_validate(d) for d in prompts.read_demo_items(path)]
         except Exception as exc:  # noqa: BLE001 - one line naming the file
             raise tf.error(("prompts", "few_shot"),
                            f"{_shown(str(path))}: expected a list of {{question, choices, rationale, answer}} "
@@ -541,31 +590,102 @@ def _demos(tf: _File) -> tuple[tuple[str, tuple[str, ...], str, str], ...] | Non
     return tuple((d.question, tuple(d.choices), d.rationale, d.answer) for d in few)
 
 
-SPEC_SOURCE = "task.spec"
+def file_prompts(tf: _File) -> TaskPrompts:
+    """A task file's prompts and the student's stop; what it leaves unset is today's (prompts.py)."""
+    p = tf.spec.prompts
+    return TaskPrompts(tf.spec.answer_type, answer_form=p.answer_form, system=p.teacher_system, demos=_demos(tf),
+                       feedback=p.feedback, student=p.student, stop=tf.spec.generation.stop)
 
 
-class BuiltinSpec(_Spec):
-    """What `task.spec` may change of a built-in task until the built-ins are task files: prompts, budget."""
+# ------------------------------------------------------------------------------------------------ built-ins
 
-    generation: GenerationSpec | None = None
-    prompts: PromptsSpec = PromptsSpec()
+BUILTIN_DIR = Path(__file__).resolve().parent / "builtin"
 
 
-def builtin_with_spec(name: str, answer_type: str, max_new_tokens: int, spec: dict) -> tuple[TaskPrompts, int]:
-    """A built-in task's prompts and generation budget with `task.spec` overrides (prompts.*, generation.*)."""
-    shown = tuple(f"{key}={json.dumps(value)}" for key, value in _flatten(spec))
-    checked = validate_config(spec, SPEC_SOURCE, {}, shown, model=BuiltinSpec, what=f"task.spec for task {name}")
-    tf = _File(TaskFile.model_construct(prompts=checked.prompts), SPEC_SOURCE)
-    p = checked.prompts
-    prompts_ = TaskPrompts(answer_type, task=name, answer_form=p.answer_form, system=p.teacher_system,
-                           demos=_demos(tf), feedback=p.feedback)
-    return prompts_, checked.generation.max_new_tokens if checked.generation else max_new_tokens
+def builtin_names() -> list[str]:
+    """The built-in tasks: the task files shipped in builtin/ (arith, gsm8k, ...)."""
+    return sorted(p.stem for p in BUILTIN_DIR.glob("*.yaml"))
 
 
-def load_task_file(path: str | os.PathLike, overrides: dict | None = None, allow_hub: bool = False) -> TaskData:
+def builtin_path(name: str) -> Path:
+    path = BUILTIN_DIR / f"{name}.yaml"
+    if not path.is_file():
+        raise ValueError(f"unknown task {name!r}; available: {', '.join(builtin_names())}, "
+                         "or a task file (docs/tasks.md)")
+    return path
+
+
+# ------------------------------------------------------------------------------------------------ loading
+
+
+def _read_records(tf: _File, name: str, allow_hub: bool) -> dict[str, list[tuple[Record, str]]]:
+    """(record, where) per split ("train", "test", "val", or "source"), from the sources' fields."""
+    spec = tf.spec
+    if spec.data.hub is not None:
+        rows = _read_hub(tf, allow_hub)
+    else:
+        rows = {split: _read_source(tf, split, src) for split, src in spec.data.sources().items()}
+    out = {}
+    for split, got in rows.items():
+        prefix = f"{name}-" if split == "source" else f"{name}-{split}-"
+        out[split] = [(_record(row, n, f"{prefix}{n}", tf), row.where) for n, row in enumerate(got, 1)]
+    return out
+
+
+def _read_with_reader(tf: _File, name: str, data_dir: str | None, arith: Any) -> dict[str, list[tuple[Record, str]]]:
+    """(record, where) per split, made by the named reader from its own format (readers.py)."""
+    from .readers import READERS, ReadContext
+
+    data = tf.spec.data
+    if data.reader not in READERS:
+        close = difflib.get_close_matches(data.reader, list(READERS), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise tf.error(("data", "reader"), f"unknown reader {data.reader!r}{hint} (readers: {', '.join(READERS)})")
+    sources = {split: src.path for split, src in data.sources().items()}
+    ctx = ReadContext(name, sources, dict(data.options), data_dir, **({"arith": arith} if arith else {}),
+                      where=lambda key: f"{tf.at(*key.split('.'))}: {key}")
+    splits = READERS[data.reader].read(ctx)
+    return {split: [(r, f"{split} record {r.id} ({tf.path})") for r in records] for split, records in splits.items()}
+
+
+def _check(splits: dict[str, list[tuple[Record, str]]], tf: _File) -> dict[str, list[Record]]:
+    """No split empty, no id twice, every gold answer grades correct against itself."""
+    seen: dict[str, str] = {}
+    out = {}
+    for split, got in splits.items():
+        if not got:
+            raise tf.error(("data", split), "no records")
+        for record, where in got:
+            if record.id in seen:
+                raise TaskFileError(f"{where}: duplicate id {record.id!r} in {split} (first in {seen[record.id]})")
+            seen[record.id] = f"{split}, {where}"
+            _self_check(record, where, tf.spec.answer_type)
+        out[split] = [record for record, _ in got]
+    return out
+
+
+def _split_source(splits: dict[str, list[Record]], tf: _File) -> dict[str, list[Record]]:
+    """One `source` split into train and test with the file's seeded test fraction."""
+    records = splits.pop("source")
+    if tf.spec.data.test_fraction is None:
+        raise tf.error(("data", "source"), "one source needs data.test_fraction (or a reader that splits it)")
+    order = list(range(len(records)))
+    random.Random(tf.spec.data.seed).shuffle(order)
+    n_test = max(1, round(tf.spec.data.test_fraction * len(records)))
+    if n_test >= len(records):
+        raise tf.error(("data", "test_fraction"), f"leaves no training record of {len(records)}")
+    test_idx = set(order[:n_test])
+    splits["test"] = [r for i, r in enumerate(records) if i in test_idx]
+    splits["train"] = [r for i, r in enumerate(records) if i not in test_idx]
+    return splits
+
+
+def load_task_file(path: str | os.PathLike, overrides: dict | None = None, allow_hub: bool = False, *,
+                   data_dir: str | None = None, arith: Any = None) -> TaskData:
     """A task file's splits as TaskData (name, answer type, records, generation budget, prompts).
 
-    Every problem raises a TaskFileError naming the file and line before anything else runs.
+    `data_dir` (task.data_dir) is where a named reader's relative paths are read; `arith` (task.arith) the
+    arith reader's settings. Every problem raises an error naming the file and line before anything else runs.
     """
     tf = read_task_file(path, overrides)
     spec = tf.spec
@@ -575,42 +695,17 @@ def load_task_file(path: str | os.PathLike, overrides: dict | None = None, allow
             load_grader(spec.answer_type)
         except GraderError as exc:
             raise tf.error(("answer_type",), str(exc)) from None
-
-    if spec.data.hub is not None:
-        rows = _read_hub(tf, allow_hub)
+    if spec.data.reader is not None:
+        splits = _check(_read_with_reader(tf, name, data_dir, arith), tf)
     else:
-        rows = {split: _read_source(tf, split, src) for split, src in spec.data.sources().items()}
-    for split, got in rows.items():
-        if not got:
-            raise tf.error(("data", split), "no records")
-
-    splits: dict[str, list[Record]] = {}
-    seen: dict[str, str] = {}
-    for split, got in rows.items():
-        prefix = f"{name}-" if split == "source" else f"{name}-{split}-"
-        out = []
-        for n, row in enumerate(got, 1):
-            record = _record(row, n, f"{prefix}{n}", tf)
-            if record.id in seen:
-                raise TaskFileError(f"{row.where}: duplicate id {record.id!r} in {split} (first in {seen[record.id]})")
-            seen[record.id] = f"{split}, {row.where}"
-            _self_check(record, row.where, spec.answer_type)
-            out.append(record)
-        splits[split] = out
-
+        splits = _check(_read_records(tf, name, allow_hub), tf)
     if "source" in splits:
-        records = splits.pop("source")
-        order = list(range(len(records)))
-        random.Random(spec.data.seed).shuffle(order)
-        n_test = max(1, round((spec.data.test_fraction or 0) * len(records)))
-        if n_test >= len(records):
-            raise tf.error(("data", "test_fraction"), f"leaves no training record of {len(records)}")
-        test_idx = set(order[:n_test])
-        splits["test"] = [r for i, r in enumerate(records) if i in test_idx]
-        splits["train"] = [r for i, r in enumerate(records) if i not in test_idx]
+        splits = _split_source(splits, tf)
+    rationale = None
+    if spec.data.reader is not None:
+        from .readers import READERS
 
-    p = spec.prompts
-    task_prompts_ = TaskPrompts(spec.answer_type, task=None, answer_form=p.answer_form, system=p.teacher_system,
-                                demos=_demos(tf), feedback=p.feedback)
+        rationale = READERS[spec.data.reader].rationale
     return TaskData(name, spec.answer_type, train=splits["train"], test=splits["test"], val=splits.get("val", []),
-                    max_new_tokens=spec.generation.max_new_tokens, prompts=task_prompts_, source=str(path))
+                    max_new_tokens=spec.generation.max_new_tokens, prompts=file_prompts(tf), source=str(path),
+                    rationale=rationale)

@@ -161,22 +161,21 @@ def _norm(text: str) -> str:
 
 @dataclass
 class ReferenceBackend:
-    """Answers from the dataset's own worked solutions (`tasks.gold_rationale`), looked up by question text."""
+    """Answers from the dataset's own worked solutions (`TaskData.reference`), looked up by question text."""
 
     task: str
     answers: dict[tuple[str, tuple[str, ...]], tuple[str, str]]  # (question, choices) -> (rationale, answer)
 
     @classmethod
-    def from_records(cls, task: str, records) -> ReferenceBackend:
-        from ..tasks import gold_rationale
-
+    def from_task(cls, data) -> ReferenceBackend:
+        """Every record of a loaded task (TaskData) that has a worked solution."""
         answers = {}
-        for record in records:
-            rationale = gold_rationale(task, record)
+        for record in [*data.train, *data.test, *data.val]:
+            rationale = data.reference(record)
             if rationale:
                 key = (_norm(record.question), tuple(_norm(c) for c in record.choices))
                 answers[key] = (rationale.strip(), record.answer)
-        return cls(task, answers)
+        return cls(data.name, answers)
 
     def _lookup(self, messages: list[dict]) -> tuple[str, str] | None:
         found = question_from_messages(messages)
@@ -263,16 +262,19 @@ class StudentBackend:
     batched = True
 
     def __init__(self, model_path: str, *, temperature: float = 0.7, max_new_tokens: int = 96,
-                 threads: int | None = None):
+                 threads: int | None = None, task=None):
         from ..student.engines import SamplingSpec
         from ..student.hf_engine import HFEngine
+        from ..tasks.taskfile import task_prompts
 
         self.engine = HFEngine(model_path, threads=threads)
-        self.spec = SamplingSpec(greedy=False, temperature=temperature, top_k=50, max_new_tokens=max_new_tokens)
+        # The task's student prefix and stop (taskfile.TaskPrompts), as the exam asks the student.
+        self.task = task_prompts(task, "numeric")
+        self.spec = SamplingSpec(greedy=False, temperature=temperature, top_k=50, max_new_tokens=max_new_tokens,
+                                 stop=self.task.stop)
 
     def prompt(self, messages: list[dict]) -> str:
         from ..tasks import Record
-        from ..tasks.prompts import student_prefix
 
         found = question_from_messages(messages)
         if found is None:
@@ -281,7 +283,7 @@ class StudentBackend:
         hint = _HINT.search(str(messages[-1].get("content", "")))
         if hint:
             question = f"{question} (The answer is {hint.group(1).strip()}.)"
-        return student_prefix(Record(id="q", question=question, answer="", choices=choices))
+        return self.task.student_prefix(Record(id="q", question=question, answer="", choices=choices))
 
     def answer_batch(self, requests: list[tuple[list[dict], int]]) -> list[str]:
         """One text per (messages, variant); a single batched generate call for all of them."""

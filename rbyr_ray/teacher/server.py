@@ -261,13 +261,14 @@ def build_backend(name: str, task_cfg: TaskConfig | None = None, model_path: str
 
         # The server answers whatever split the client asks about: index every record, without limits.
         data = load_task(task_cfg.model_copy(update={"train_limit": None, "test_limit": None, "val_fraction": 0.0}))
-        return ReferenceBackend.from_records(task_cfg.name, list(data.train) + list(data.test))
+        return ReferenceBackend.from_task(data)
     if name == "student":
         if not model_path:
             raise ValueError("the student backend needs --model-path (the student's HF folder)")
+        from ..tasks import task_prompts_of
         from .backends import StudentBackend
 
-        return StudentBackend(model_path)
+        return StudentBackend(model_path, task=task_prompts_of(task_cfg))
     raise ValueError(f"unknown local teacher backend {name!r}: expected solver, reference or student")
 
 
