@@ -49,9 +49,16 @@ MODEL_BYTES = 1_117_320_768
 MODEL_SHA256 = "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046"
 MODEL_NAME = "qwen2.5-coder-1.5b-instruct-q4_k_m"  # the model id sent (and in the ledger's keys)
 LLAMA_PIN = "llama-cpp-python[server]==0.3.36"
-PROMPTS = ("cot", "feedback_hint", "feedback_no_hint")
+PROMPTS = ("cot", "feedback_hint", "feedback_no_hint", "feedback_hint_old")
+# `feedback_hint_old`: the feedback prompt as it was worded before issue 23 asked for a standalone solution (the
+# "without fix 2" comparison); it is not sent unless named in --prompts.
+DEFAULT_PROMPTS = PROMPTS[:3]
+OLD_FEEDBACK = ("{question_block}Student's solution: {wrong_rationale}\nThe student's solution is wrong. {hint}"
+                "Write a correct step-by-step solution that avoids the student's error, and end with the line "
+                "'Answer: X'.")
 # Reject reasons in the order printed; a reason the stage writes that is not listed here is printed too.
 REASONS = ("wrong_answer", "false_step", "refers_to_feedback", "truncated", "unparseable")
+LOOP_PORT = 18765
 DEFAULT_CACHE = Path.home() / ".cache" / "rbyr_ray" / "real_teacher"
 
 
@@ -237,20 +244,36 @@ def ledger_tokens(path: Path) -> dict:
     return {"calls": calls, "prompt_tokens": prompt, "completion_tokens": completion}
 
 
-def tally(rows, gold: dict[str, str], answer_type: str) -> dict:
-    """One prompt's counts from its teacher.parquet rows (columns accepted, reject_reason, predicted, text)."""
-    from rbyr_ray.tasks.grading import answers_match
+def talks_about_feedback(text: str, question: str) -> bool:
+    """Whether a raw answer mentions the student, the hint or the attempt anywhere (before any cleaning)."""
+    from rbyr_ray.tasks.prompts import remove_feedback_talk
+
+    cleaned, left = remove_feedback_talk(text, question)
+    return bool(left) or " ".join(cleaned.split()) != " ".join(text.split())
+
+
+def tally(rows, gold: dict[str, str], answer_type: str, questions: dict[str, str] | None = None) -> dict:
+    """One prompt's counts from its teacher.parquet rows (columns accepted, reject_reason, predicted, text).
+
+    Beside the gate's counts: `right_student_rule`, the answers right when read with the students' rule (the
+    text up to the first blank line: what the gate used before issue 23), and `talk`, the answers that mention
+    the feedback (what a run trained on before issue 23 removed or rejected such talk)."""
+    from rbyr_ray.tasks.grading import answers_match, grade
 
     obtained = rows[rows["text"].notna()]
     right = [answers_match(answer_type, p if isinstance(p, str) else None, gold[str(i)])
              for i, p in zip(obtained["id"], obtained["predicted"])]
+    right_old = [grade(answer_type, t, gold[str(i)]) for i, t in zip(obtained["id"], obtained["text"])]
+    questions = questions or {}
+    talk = [talks_about_feedback(t, questions.get(str(i), "")) for i, t in zip(obtained["id"], obtained["text"])]
     rejected = obtained[~obtained["accepted"].astype(bool)]
     reasons = rejected["reject_reason"].fillna("unknown").astype(str).str.split(":").str[0].value_counts()
     counts = {reason: int(reasons.get(reason, 0)) for reason in REASONS}
     counts.update({str(k): int(v) for k, v in reasons.items() if k not in counts})
     accepted_ids = set(obtained.loc[obtained["accepted"].astype(bool), "id"])
     return {"questions": int(rows["id"].nunique()), "samples": len(rows), "obtained": len(obtained),
-            "right": int(sum(right)), "accepted": int(obtained["accepted"].astype(bool).sum()),
+            "right": int(sum(right)), "right_student_rule": int(sum(right_old)), "talk": int(sum(talk)),
+            "accepted": int(obtained["accepted"].astype(bool).sum()),
             "questions_accepted": len(accepted_ids), "rejected": counts,
             "failed": int(rows["text"].isna().sum())}
 
@@ -259,12 +282,16 @@ def measure(prompt: str, records, mistakes, *, task, answer_type: str, seed: int
             teacher: dict) -> dict:
     """One prompt through the project's teacher stage; its ledger and teacher.parquet under out/<prompt>/.
     `task` is the task's prompts (TaskData.prompts), as the run's teacher stage is given them."""
+    import dataclasses
+
     import pandas as pd
 
     from rbyr_ray.config import TeacherConfig
     from rbyr_ray.teacher.stage import TeacherFailed, annotate
 
     cfg = TeacherConfig(**teacher, use_hint=prompt != "feedback_no_hint")
+    if prompt == "feedback_hint_old":
+        task = dataclasses.replace(task, feedback=OLD_FEEDBACK)
     where = out / prompt
     where.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
@@ -277,7 +304,7 @@ def measure(prompt: str, records, mistakes, *, task, answer_type: str, seed: int
         error = str(exc)
         log(f"{prompt}: {error}")
     rows = pd.read_parquet(where / "teacher.parquet")
-    counts = tally(rows, {r.id: r.answer for r in records}, answer_type)
+    counts = tally(rows, {r.id: r.answer for r in records}, answer_type, {r.id: r.question for r in records})
     return {"prompt": prompt, **counts, **ledger_tokens(where / "ledger.sqlite"), "error": error,
             "requests_sent": int(rows["http_requests"].sum()), "ledger_hits": int(rows["cached"].sum()),
             "wall_s": round(time.monotonic() - start, 1)}
@@ -285,12 +312,13 @@ def measure(prompt: str, records, mistakes, *, task, answer_type: str, seed: int
 
 def table(results: list[dict]) -> str:
     extra = sorted({k for r in results for k in r["rejected"]} - set(REASONS))
-    head = ["prompt", "questions", "samples", "right", "accepted", *REASONS, *extra, "failed", "completion_tok",
+    head = ["prompt", "questions", "samples", "right", "right_student_rule", "talk", "accepted", *REASONS, *extra, "failed", "completion_tok",
             "prompt_tok", "tok/sample"]
     lines = [head]
     for r in results:
         per = r["completion_tokens"] / r["obtained"] if r["obtained"] else 0.0
-        lines.append([r["prompt"], r["questions"], r["samples"], r["right"], r["accepted"],
+        lines.append([r["prompt"], r["questions"], r["samples"], r["right"], r.get("right_student_rule", ""),
+                      r.get("talk", ""), r["accepted"],
                       *(r["rejected"].get(k, 0) for k in (*REASONS, *extra)), r["failed"], r["completion_tokens"],
                       r["prompt_tokens"], f"{per:.0f}"])
     widths = [max(len(str(line[i])) for line in lines) for i in range(len(head))]
@@ -309,10 +337,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--llama-venv", type=Path, default=None, help="the server's venv (default CACHE/llama-venv)")
     which = p.add_mutually_exclusive_group()
     which.add_argument("--run-dir", type=Path, help="a finished run: its exam's mistakes (see --round)")
+    which.add_argument("--loop", type=Path, metavar="CONFIG",
+                       help="run the whole loop (`rbyr-ray run CONFIG`) with this teacher; see --loop-dir, --set")
     which.add_argument("--synthetic", type=int, metavar="N",
                        help="no run dir: N arith questions with the local solver's slips as the mistakes")
     p.add_argument("--round", type=int, default=2, help="whose exam's mistakes (default 2: the round-2 exam)")
-    p.add_argument("--prompts", default=",".join(PROMPTS), help=f"comma-separated subset of {', '.join(PROMPTS)}")
+    p.add_argument("--prompts", default=",".join(DEFAULT_PROMPTS), help=f"comma-separated subset of {', '.join(PROMPTS)}")
     p.add_argument("--base-url", default=None, help="use this OpenAI-compatible endpoint; start no server")
     p.add_argument("--model", default=MODEL_NAME, help="the model id sent to the endpoint")
     p.add_argument("--api-key-env", default=None, help="variable holding the endpoint's key (default: no key)")
@@ -326,6 +356,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", type=Path, default=Path("runs/real_teacher"),
                    help="ledgers, teacher.parquet per prompt, summary.json (default runs/real_teacher)")
+    p.add_argument("--loop-dir", type=Path, default=Path("runs/real_teacher_loop"),
+                   help="with --loop: the run dir (an unfinished one is resumed)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="with --loop: a config override (repeatable), e.g. --set rounds=2")
     p.add_argument("--json", action="store_true", help="also print the summary as one JSON line")
     args = p.parse_args(argv)
     args.llama_venv = args.llama_venv or args.cache_dir / "llama-venv"
@@ -336,9 +370,42 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.prompts = prompts
     if args.dry_run and not args.setup:
         p.error("--dry-run goes with --setup")
-    if not args.setup and args.run_dir is None and args.synthetic is None:
-        p.error("which mistakes: --run-dir DIR (a finished run) or --synthetic N")
+    if not args.setup and args.run_dir is None and args.synthetic is None and args.loop is None:
+        p.error("which mistakes: --run-dir DIR (a finished run) or --synthetic N; or --loop CONFIG")
+    if args.loop is not None and not args.port:
+        args.port = LOOP_PORT  # a resumed loop finds its teacher at the base URL its config recorded
     return args
+
+
+def loop_command(args: argparse.Namespace, base_url: str) -> list[str]:
+    """`rbyr-ray run CONFIG` with this teacher as `teacher.backend: openai`, or `rbyr-ray resume` of a started one.
+
+    The request settings are the bench's (k, max_tokens, temperature); llama.cpp answers one request at a time, so
+    requests wait their turn (concurrency 2, a long timeout)."""
+    cli = str(Path(sys.executable).with_name("rbyr-ray"))
+    if (args.loop_dir / "config.yaml").exists():
+        return [cli, "resume", str(args.loop_dir)]
+    teacher = ["teacher.backend=openai", f"teacher.base_url={base_url}", f"teacher.model={args.model}",
+               f"teacher.api_key_env={args.api_key_env or 'null'}", f"teacher.samples={args.samples}",
+               f"teacher.max_tokens={args.max_tokens}", f"teacher.temperature={args.temperature}",
+               f"teacher.concurrency={args.concurrency}", f"teacher.timeout_s={args.timeout_s}"]
+    return [cli, "run", str(args.loop), *teacher, *args.set, "--run-dir", str(args.loop_dir)]
+
+
+def start_server(args: argparse.Namespace, stack: contextlib.ExitStack, log_dir: Path) -> tuple[str, dict | None]:
+    """(base URL, server facts): --base-url as given, else llama.cpp's server started on a loopback port."""
+    if args.base_url is not None:
+        return args.base_url, None
+    model = args.cache_dir / MODEL_FILE
+    python = llama_python(args.llama_venv)
+    if not model.exists() or not (args.llama_venv / ".rbyr-llama-done").exists():
+        raise SystemExit(f"no model or server under {args.cache_dir}: run `{sys.argv[0]} --setup` first "
+                         f"(or pass --base-url)")
+    server = {"model_file": str(model), "model_sha256": MODEL_SHA256, "package": LLAMA_PIN,
+              "n_ctx": args.n_ctx, "threads": args.threads}
+    base_url = stack.enter_context(serve(python, model, port=args.port, n_ctx=args.n_ctx, threads=args.threads,
+                                         log_path=log_dir / "llama_server.log"))
+    return base_url, server
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -349,6 +416,17 @@ def main(argv: list[str] | None = None) -> int:
         fetch_model(args.cache_dir, args.dry_run)
         setup_llama(args.llama_venv, args.dry_run)
         return 0
+
+    if args.loop is not None:
+        with contextlib.ExitStack() as stack:
+            base_url, _ = start_server(args, stack, args.loop_dir.parent / f"{args.loop_dir.name}.server")
+            cmd = loop_command(args, base_url)
+            log(shlex.join(cmd))
+            child = subprocess.Popen(cmd)
+            # A stop (SIGTERM, SIGHUP) reaches the run too, which keeps its completed work (`rbyr-ray resume`).
+            for sig in (signal.SIGTERM, signal.SIGHUP):
+                signal.signal(sig, lambda signum, _frame: child.send_signal(signum))
+            return child.wait()
 
     if args.run_dir is not None:
         data, records, mistakes, seed = run_mistakes(args.run_dir, args.round)
@@ -363,18 +441,7 @@ def main(argv: list[str] | None = None) -> int:
     log(f"{len(records)} questions ({source}), task {data.name}, prompts {', '.join(args.prompts)}")
 
     with contextlib.ExitStack() as stack:
-        base_url = args.base_url
-        server = None
-        if base_url is None:
-            model = args.cache_dir / MODEL_FILE
-            python = llama_python(args.llama_venv)
-            if not model.exists() or not (args.llama_venv / ".rbyr-llama-done").exists():
-                raise SystemExit(f"no model or server under {args.cache_dir}: run `{sys.argv[0]} --setup` first "
-                                 f"(or pass --base-url)")
-            server = {"model_file": str(model), "model_sha256": MODEL_SHA256, "package": LLAMA_PIN,
-                      "n_ctx": args.n_ctx, "threads": args.threads}
-            base_url = stack.enter_context(serve(python, model, port=args.port, n_ctx=args.n_ctx, threads=args.threads,
-                                                 log_path=args.out / "llama_server.log"))
+        base_url, server = start_server(args, stack, args.out)
         results = [measure(prompt, records, mistakes, task=data.prompts, answer_type=answer_type, seed=seed,
                            base_url=base_url, out=args.out, teacher=teacher) for prompt in args.prompts]
 
