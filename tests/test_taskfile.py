@@ -1,5 +1,6 @@
 """Task files (rbyr_ray/tasks/taskfile.py, docs/tasks.md): data made here over JSON Lines, JSON, CSV and Parquet,
-loaded as a run loads them, checked through the CLI, and every bad input as one line naming file, line and key."""
+loaded as a run loads them, checked through the CLI, and every bad input as one line naming file, line and key;
+the built-in tasks as task files over named readers."""
 
 from __future__ import annotations
 
@@ -14,12 +15,21 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from rbyr_ray.config import ConfigError, TaskConfig, load_config
-from rbyr_ray.tasks import gold_rationale, load_task
+from rbyr_ray.config import BUILTIN_TASKS, ConfigError, TaskConfig, load_config
+from rbyr_ray.tasks import TASKS, gold_rationale, load_task
 from rbyr_ray.tasks import prompts as P
+from rbyr_ray.tasks.cli import check_task_file
 from rbyr_ray.tasks.graders import normalise_text
 from rbyr_ray.tasks.grading import answers_match, extract_answer, grade
-from rbyr_ray.tasks.taskfile import TaskFileError, TaskPrompts, cut_solution, task_prompts
+from rbyr_ray.tasks.readers import READERS
+from rbyr_ray.tasks.taskfile import (
+    BUILTIN_DIR,
+    TaskFileError,
+    TaskPrompts,
+    cut_solution,
+    read_task_file,
+    task_prompts,
+)
 
 CAPITALS = [("France", "Paris", "europe"), ("Japan", "Tokyo", "asia"), ("Kenya", "Nairobi", "africa"),
             ("Peru", "Lima", "americas"), ("Italy", "Rome", "europe"), ("Egypt", "Cairo", "africa"),
@@ -207,6 +217,29 @@ def test_prompts_from_the_file(tmp_path, text_task):
     arith = load_task(TaskConfig(name="arith", train_limit=1))
     assert isinstance(arith.prompts, TaskPrompts) and arith.max_new_tokens == TASKS["arith"].max_new_tokens == 96
     assert arith.prompts.demos == tuple(P.FEW_SHOT["arith"])
+
+
+def test_the_student_prefix_and_stop_are_the_task_files(text_task):
+    """prompts.student and generation.stop change what the student is asked with (exam, training) and where its
+    answer ends; unset, they are today's ("Question: ...\nReasoning: ", a blank line)."""
+    from rbyr_ray.student.exam import exam_items
+
+    default = load_task(TaskConfig(file=str(text_task)))
+    record = default.train[0]
+    assert default.prompts.student_prefix(record) == P.student_prefix(record) and default.prompts.stop == "\n\n"
+    spec = {"prompts": {"student": "Q: {question}\nA:"}, "generation": {"stop": "\n"}}
+    data = load_task(TaskConfig(file=str(text_task), spec=spec))
+    demo = data.train[1]
+    assert data.prompts.student_prefix(record) == f"Q: {record.question}\nA:"
+    assert data.prompts.student_prefix(record, [(demo, "It is so.")]) == (
+        f"Q: {demo.question}\nA:It is so.\nAnswer: {demo.answer}\nQ: {record.question}\nA:")
+    assert [i["prompt"] for i in exam_items(data.test[:2], 1, 0, data.prompts)] == [
+        f"Q: {r.question}\nA:" for r in data.test[:2]]
+    with pytest.raises(ConfigError, match=r"prompts.student: .*template field \{answer\}: expected one of "
+                                          r"question_block, question, choices"):
+        load_task(TaskConfig(file=str(text_task), spec={"prompts": {"student": "{question} = {answer}"}}))
+    with pytest.raises(ConfigError, match=r"generation.stop"):
+        load_task(TaskConfig(file=str(text_task), spec={"generation": {"stop": ""}}))
 
 
 def test_spec_overrides_through_the_experiment_config(text_task):
@@ -411,12 +444,14 @@ def test_a_real_teacher_stage_and_exam_on_task_files(ray_cluster, tmp_path, nume
     assert (feedback.questions, feedback.accepted) == (2, 2)
     assert set(pd.read_parquet(tmp_path / "round2" / "teacher.parquet")["kind"]) == {"feedback"}
 
-    text = load_task(TaskConfig(file=str(text_task)))
+    # The task's own stop (a space): every answer ends before its first space, inside the actors' engines.
+    text = load_task(TaskConfig(file=str(text_task), spec={"generation": {"stop": " "}}))
     exam_cfg = ExperimentConfig()
     exam_cfg.exam = exam_cfg.exam.model_copy(update={"batch_size": 8})
     result = run_exam(text.test, "smollm2-135m", exam_cfg, answer_type=text.answer_type, samples=1, greedy=True,
-                      max_new_tokens=12, out_path=tmp_path / "eval.parquet", seed=0)
+                      max_new_tokens=12, out_path=tmp_path / "eval.parquet", seed=0, task=text.prompts)
     graded = result.rows.set_index("id")
+    assert not any(" " in r.strip() for r in graded["rationale"]), list(graded["rationale"])
     assert sorted(graded.index) == sorted(r.id for r in text.test) and graded["error"].isna().all()
     for record in text.test:  # the actors graded with the text answer type, as the driver does
         row = graded.loc[record.id]
@@ -476,3 +511,95 @@ def test_a_builtin_task_takes_prompt_and_budget_overrides_and_the_feedback_sweep
         assert task.prompts.cot_messages(task.train[0]) == task_prompts("arith", "numeric").cot_messages(task.train[0])
         rendered.add(task.prompts.feedback_messages(task.train[0], "x")[1]["content"])
     assert len(rendered) == 3
+
+
+# ------------------------------------------------------------------------- the built-ins are task files
+# rbyr_ray/tasks/builtin/*.yaml over the named readers of tasks/readers.py; a user's file can name a reader too.
+
+GSM8K_LINES = [{"question": "Ann has 3 pens and buys  4 more. How many?", "answer": "3 + 4 = <<3+4=7>>7\n#### 7"},
+               {"question": "Bo has 10 cards and gives away 2. How many are left?", "answer": "10 - 2 = 8\n#### 8"},
+               {"question": "A box holds 6 eggs. How many eggs are in 5 boxes?", "answer": "6 * 5 = 30\n#### 30"}]
+
+
+@pytest.mark.parametrize("name", BUILTIN_TASKS)
+def test_each_built_in_file_validates_and_names_a_known_reader(name):
+    tf = read_task_file(BUILTIN_DIR / f"{name}.yaml")
+    assert tf.spec.name == name and tf.spec.data.reader in READERS and tf.spec.fields is None
+    assert TASKS[name].answer_type == tf.spec.answer_type and TASKS[name].max_new_tokens >= 96
+    assert tf.spec.generation.stop == "\n\n" and tf.spec.prompts.student is None  # today's student format
+    assert (BUILTIN_DIR / tf.spec.prompts.few_shot).is_file()
+
+
+def test_the_built_ins_are_the_config_choices_and_the_task_list():
+    assert sorted(TASKS) == list(BUILTIN_TASKS) == ["arith", "asdiv", "csqa", "gsm8k", "multiarith", "strategyqa",
+                                                     "svamp"]
+    with pytest.raises(ConfigError, match=r"task\.name: expected Literal\[.*'svamp'"):
+        load_config(None, ["task.name=mnist"])
+
+
+def test_tasks_check_on_a_built_in_by_path_and_by_name(capsys):
+    assert check_task_file(str(BUILTIN_DIR / "svamp.yaml")) == 0
+    out = capsys.readouterr().out
+    assert "task svamp (numeric)" in out and "splits: train 700, test 300, val 0; max_new_tokens 192" in out
+    assert "svamp-train-0: 'Each pack of dvds costs 76 dollars." in out and "1000 of 1000 gold answers" in out
+    assert check_task_file("arith", as_json=True) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["splits"] == {"train": 300, "test": 200, "val": 0} and report["stop"] == "\n\n"
+    assert report["teacher_prompt"][1]["content"].startswith("Question: Mia has 12 marbles.")  # arith's demos
+
+
+def test_a_users_task_file_over_a_named_reader(tmp_path):
+    """A new benchmark in GSM8K's format: a task file naming the reader, its data relative to task.data_dir, the
+    record ids under its own name, the reader's rationale for the `reference` teacher; task.spec overrides."""
+    (tmp_path / "mine").mkdir()
+    jsonl(tmp_path / "mine" / "train.jsonl", GSM8K_LINES[:2])
+    jsonl(tmp_path / "mine" / "test.jsonl", GSM8K_LINES[2:])
+    task = write(tmp_path / "my_gsm.yaml", """
+        name: my_gsm
+        data:
+          reader: gsm8k
+          train: mine/train.jsonl
+          test: mine/test.jsonl
+        answer_type: numeric
+        generation:
+          max_new_tokens: 64
+        """)
+    data = load_task(TaskConfig(file=str(task), data_dir=str(tmp_path)))
+    first = data.train[0]
+    assert (first.id, first.question, first.answer, data.max_new_tokens) == (
+        "my_gsm-train-0", "Ann has 3 pens and buys 4 more. How many?", "7", 64)
+    assert first.solution == GSM8K_LINES[0]["answer"]  # as the dataset writes it
+    assert data.reference(first) == gold_rationale("gsm8k", first) == "3 + 4 = 7"
+    assert [r.id for r in data.test] == ["my_gsm-test-0"]
+    # No prompts key: the numeric type's demonstrations, as a built-in numeric task's.
+    assert data.prompts.cot_messages(first) == load_task(TaskConfig(name="gsm8k", train_limit=1)).prompts.cot_messages(
+        first)
+    # Absolute paths need no data folder; an override changes the file's keys.
+    abs_spec = {"data": {"train": str(tmp_path / "mine" / "train.jsonl"), "test": str(tmp_path / "mine" / "test.jsonl")}}
+    assert len(load_task(TaskConfig(file=str(task), data_dir=str(tmp_path / "mine"), spec=abs_spec)).train) == 2
+
+
+def test_named_reader_bad_input_is_one_line(tmp_path):
+    (tmp_path / "d").mkdir()
+    jsonl(tmp_path / "d" / "train.jsonl", GSM8K_LINES[:1])
+    base = "data:\n  reader: {reader}\n  train: d/train.jsonl\n  test: d/{test}\nanswer_type: numeric\n{extra}"
+
+    def load(reader="gsm8k", test="train.jsonl", extra=""):
+        (tmp_path / "t.yaml").write_text(base.format(reader=reader, test=test, extra=extra))
+        return load_task(TaskConfig(file=str(tmp_path / "t.yaml"), data_dir=str(tmp_path)))
+
+    with pytest.raises(TaskFileError, match=r"t\.yaml:2: data\.reader: unknown reader 'gsm9k'; did you mean 'gsm8k'"):
+        load(reader="gsm9k")
+    with pytest.raises(ValueError, match=r"t\.yaml:4: data\.test: no such file: .*d/nothere\.jsonl"):
+        load(test="nothere.jsonl")
+    assert [r.id for r in load().test] == ["t-test-0"]
+    with pytest.raises(ConfigError, match=r"data\.reader gsm8k makes the records itself; remove `fields`"):
+        load(extra="fields: {question: q, answer: a}\n")
+    (tmp_path / "d" / "bad.jsonl").write_text(json.dumps(GSM8K_LINES[0]) + "\n[1, 2]\n")
+    with pytest.raises(ValueError, match=r"bad\.jsonl:2: expected a JSON object per line"):
+        load(test="bad.jsonl")
+    asdiv = "data:\n  reader: asdiv\n  source: a.xml\n  options: {folds: f, train_folds: [0]}\nanswer_type: numeric\n"
+    (tmp_path / "t.yaml").write_text(asdiv)
+    (tmp_path / "a.xml").write_text("<r/>")
+    with pytest.raises(ValueError, match=r"t\.yaml:4: data\.options: data\.options\.test_folds: Field required"):
+        load_task(TaskConfig(file=str(tmp_path / "t.yaml"), data_dir=str(tmp_path)))

@@ -63,6 +63,17 @@ def test_anchor_is_prefix_plus_target_plus_eos(items, tokenizer):
     assert row["input_ids"][-1] == tokenizer.eos_token_id
 
 
+def test_items_use_the_tasks_student_prefix(tokenizer):
+    """A task file's prefix template (TaskData.prompts) is what the student is trained on, as it is examined."""
+    from rbyr_ray.tasks.taskfile import TaskPrompts
+
+    task = TaskPrompts("numeric", student="Q: {question}\nA: ")
+    got = build_train_items(TEACHER, MISTAKES, RECORDS, tokenizer, TrainConfig(), answer_type="numeric", seed=0,
+                            task=task)
+    row = got.iloc[0]
+    assert list(row["input_ids"][:row["n_prefix"]]) == ids(tokenizer, f"Q: {RECORDS['q1'].question}\nA: ")
+
+
 def test_positive_and_negative(items, tokenizer):
     first = items.iloc[0]
     assert first["valid"]

@@ -198,7 +198,8 @@ class _StageRunner:
             result = run_exam(questions[:limit] if limit else questions, model, self.cfg, answer_type=answer_type,
                               samples=self.cfg.exam.samples, greedy=False,
                               max_new_tokens=self.cfg.exam.max_new_tokens or self.task.max_new_tokens,
-                              out_path=self.rd.round_dir(k) / "exam.parquet", seed=self.cfg.seed + k)
+                              out_path=self.rd.round_dir(k) / "exam.parquet", seed=self.cfg.seed + k,
+                              task=self.task.prompts)
             rows = result.rows
             wrong = rows[mistake_mask(rows, self.cfg.exam.mistakes)]
             # Right answers reached by a false step: mistakes under exam.mistakes=steps, counted either way.
@@ -215,7 +216,8 @@ class _StageRunner:
         def go():
             result = run_exam(questions, model, self.cfg, answer_type=answer_type, samples=1, greedy=True,
                               max_new_tokens=self.cfg.eval.max_new_tokens or self.task.max_new_tokens,
-                              out_path=self.rd.round_dir(k) / "eval.parquet", seed=self.cfg.seed)
+                              out_path=self.rd.round_dir(k) / "eval.parquet", seed=self.cfg.seed,
+                              task=self.task.prompts)
             _warn_failed_rows(k, "eval", result.rows)
             # Failed rows (an engine error, a prompt too long) count as wrong answers: said, and counted here.
             return {"accuracy": result.accuracy, "questions": len(questions), "failed_rows": result.n_failed,
@@ -256,7 +258,8 @@ class _StageRunner:
                                                     self.cfg.exam.mistakes).items():
                         all_mistakes.setdefault(qid, wrong)
             items = build_train_items(teacher_rows, all_mistakes, records, load_tokenizer(model, "right"),
-                                      self.cfg.train, answer_type=answer_type, seed=self.cfg.seed + k)
+                                      self.cfg.train, answer_type=answer_type, seed=self.cfg.seed + k,
+                                      task=self.task.prompts)
             items.to_parquet(self.rd.round_dir(k) / "train_data.parquet")
             valid = items["valid"].astype(bool) if "valid" in items else pd.Series([], dtype=bool)
             return {"items": len(items), "questions": int(items["id"].nunique()) if len(items) else 0,

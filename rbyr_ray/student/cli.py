@@ -59,7 +59,8 @@ def run_eval(args: argparse.Namespace) -> int:
                        f"{data.name}-{re.sub(r'[^A-Za-z0-9_.-]+', '_', Path(args.model).name)}-"
                        f"{cfg.exam.engine}.parquet")
     result = run_exam(records, args.model, cfg, answer_type=spec.answer_type, samples=args.samples,
-                      greedy=args.samples == 1, max_new_tokens=max_new, out_path=out, seed=args.seed)
+                      greedy=args.samples == 1, max_new_tokens=max_new, out_path=out, seed=args.seed,
+                      task=data.prompts)
     correct = int(result.rows["correct"].sum())
     print(f"{args.task} {args.split}: accuracy {result.accuracy:.4f} ({correct}/{len(result.rows)} rows correct, "
           f"{result.n_failed} failed) model {args.model} engine {result.engine}; "

@@ -4,8 +4,9 @@
               ─▶ graded rows (id, sample, rationale, predicted, correct, false_steps, engine, error, n_tokens)
               ─▶ Parquet
 
-Each question becomes `samples` rows; each row's prompt is `prompts.student_prefix(record)`; generation
-stops at the blank line (and eos). Evaluation is the same pipeline with greedy decoding and one sample.
+Each question becomes `samples` rows; each row's prompt is the task's student prefix
+(`TaskData.prompts.student_prefix(record)`); generation stops at the task's stop, a blank line by default
+(and eos). Evaluation is the same pipeline with greedy decoding and one sample.
 
     result = run_exam(data.train, "smollm2-135m", cfg, answer_type="numeric", samples=4, greedy=False,
                       max_new_tokens=96, out_path="runs/x/exam_r1.parquet", seed=0)
@@ -34,9 +35,9 @@ import pandas as pd
 from ..config import ExamConfig, ExperimentConfig
 from ..placement import stage_actor_class, wait_actors_dead
 from ..tasks.grading import answers_match, extract_answer, first_block
-from ..tasks.prompts import student_prefix
 from ..tasks.records import AnswerType, Record
 from ..tasks.steps import check_steps
+from ..tasks.taskfile import TaskPrompts, task_prompts
 from ..testhooks import env_name, test_hook, warn_if_set
 from .engines import Generation, SamplingSpec, make_engine
 from .models import load_tokenizer, max_context, resolve_model_dir
@@ -205,13 +206,22 @@ def _summarize(rows: pd.DataFrame) -> tuple[float, float]:
     return float(per_question.mean()), float(rows["correct"].mean())
 
 
+def exam_items(records: Sequence[Record], samples: int, seed: int, prompts: TaskPrompts) -> list[dict]:
+    """One row per (question, sample): its prompt in the task's student prefix, its gold, and its own seed."""
+    return [{"id": r.id, "sample": s, "prompt": prompts.student_prefix(r), "answer": r.answer,
+             "choices": list(r.choices), "seed": seed * 1_000_003 + i * samples + s}
+            for i, r in enumerate(records) for s in range(samples)]
+
+
 def run_exam(records: Sequence[Record], model_path: str, cfg: ExperimentConfig, *, answer_type: AnswerType,
              samples: int, greedy: bool, max_new_tokens: int, out_path: str | os.PathLike | None, seed: int,
-             progress: Callable[[ExamProgress], None] | None = log_progress) -> ExamResult:
+             progress: Callable[[ExamProgress], None] | None = log_progress,
+             task: TaskPrompts | None = None) -> ExamResult:
     """Examine `records` with the student at `model_path` (a name, HF folder, GGUF or adapter folder).
 
     Uses cfg.exam (engine, replicas, cpus/gpus per replica, batch size, temperature, top_k, vLLM limits),
     cfg.student (dtype, cache) and cfg.ray (the cluster). `greedy=True, samples=1` is the evaluation.
+    `task`: the task's prompts (TaskData.prompts: the student prefix and its stop); None: the defaults.
     """
     import ray
 
@@ -223,10 +233,10 @@ def run_exam(records: Sequence[Record], model_path: str, cfg: ExperimentConfig, 
     ex = cfg.exam
     model_dir = resolve_model_dir(model_path, cfg.student.cache_dir, cfg.student.allow_hub_download,
                                   cfg.student.dtype)
-    items = [{"id": r.id, "sample": s, "prompt": student_prefix(r), "answer": r.answer, "choices": list(r.choices),
-              "seed": seed * 1_000_003 + i * samples + s}
-             for i, r in enumerate(records) for s in range(samples)]
-    spec = SamplingSpec(greedy=greedy, temperature=ex.temperature, top_k=ex.top_k, max_new_tokens=max_new_tokens)
+    prompts = task_prompts(task, answer_type)
+    items = exam_items(records, samples, seed, prompts)
+    spec = SamplingSpec(greedy=greedy, temperature=ex.temperature, top_k=ex.top_k, max_new_tokens=max_new_tokens,
+                        stop=prompts.stop)
     order = {r.id: i for i, r in enumerate(records)}
     got: list[pd.DataFrame] = []
     tokens, generate_s = 0, 0.0

@@ -83,7 +83,7 @@ class VLLMRunner:
             # An eos ends the output but is not counted, like the hf engine (finish "stop", no stop string).
             if comp.finish_reason == "stop" and comp.stop_reason is None and n:
                 n -= 1
-            results.append({"text": comp.text.split(STOP, 1)[0].rstrip(), "n_tokens": n})
+            results.append({"text": comp.text.split(spec.get("stop", STOP), 1)[0].rstrip(), "n_tokens": n})
         return results
 
 

@@ -27,6 +27,7 @@ from ..config import TrainConfig
 from ..tasks import prompts
 from ..tasks.grading import extract_answer
 from ..tasks.records import Record
+from ..tasks.taskfile import TaskPrompts, task_prompts
 from .losses import IGNORE
 
 COLUMNS = ["id", "sample", "round", "input_ids", "n_prefix", "n_rationale",
@@ -72,16 +73,19 @@ def select_rows(teacher_rows: pd.DataFrame, cfg: TrainConfig, seed: int) -> pd.D
 
 def build_train_items(teacher_rows: pd.DataFrame, mistakes: Mapping[str, Sequence[str]],
                       records: Mapping[str, Record], tokenizer, cfg: TrainConfig, *, answer_type: str, seed: int,
-                      demos: list[tuple[Record, str]] | None = None) -> pd.DataFrame:
+                      demos: list[tuple[Record, str]] | None = None, task: TaskPrompts | None = None
+                      ) -> pd.DataFrame:
     """One row per accepted teacher rationale (columns `COLUMNS`), saved by the caller as train_data.parquet.
 
     Positives come from every accepted rationale in `teacher_rows` for the question (the first
     `max_positives` distinct ones, the anchor's own text excluded); negatives from the first `max_negatives`
     distinct entries of `mistakes[id]`. An item without a positive has empty pos ids and valid=False; without
     a negative also empty neg ids and has_negative=False.
-    `demos` are the few-shot demonstrations of the student prefix (none by default).
+    `demos` are the few-shot demonstrations of the student prefix (none by default); `task` the task's
+    prompts (TaskData.prompts), whose student prefix the items are trained on, as the exam asks with it.
     """
     rcfg = cfg.reflection
+    student = task_prompts(task, answer_type)
     rng = random.Random(seed)
     rng_neg = random.Random(seed + 1)  # negative-only items: their draws leave the triplets' as they always were
     accepted = teacher_rows[teacher_rows["accepted"].astype(bool)]
@@ -91,7 +95,7 @@ def build_train_items(teacher_rows: pd.DataFrame, mistakes: Mapping[str, Sequenc
     for row in select_rows(teacher_rows, cfg, seed).itertuples(index=False):
         qid = str(row.id)
         record = records[qid]
-        prefix = _ids(tokenizer, prompts.student_prefix(record, demos))
+        prefix = _ids(tokenizer, student.student_prefix(record, demos))
         rationale = _rationale_ids(tokenizer, str(row.rationale), rcfg.max_rationale_tokens)
         own = prompts.fold_rationale(prompts.strip_answer_line(str(row.rationale)))
         positives = [t for t in pool.get(qid, []) if prompts.fold_rationale(prompts.strip_answer_line(t)) != own]

@@ -293,7 +293,7 @@ def evaluate_on_test(cfg: ExperimentConfig, trial_dir: Path, sweep_dir: Path) ->
     task = load_task(cfg.task, seed=cfg.seed)
     result = run_exam(task.test, model_dir, cfg, answer_type=task.answer_type, samples=1, greedy=True,
                       max_new_tokens=cfg.eval.max_new_tokens or task.max_new_tokens,
-                      out_path=sweep_dir / "best_test_eval.parquet", seed=cfg.seed)
+                      out_path=sweep_dir / "best_test_eval.parquet", seed=cfg.seed, task=task.prompts)
     out = {"best_test_accuracy": result.accuracy, "best_test_questions": len(task.test)}
     cache.write_text(json.dumps({**out, "model_dir": model_dir}))
     return out
