@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from ..config import ConfigError, _yaml_lines, deep_merge, read_yaml_mapping, validate_config
 from . import prompts
+from .files import read_jsonl
 from .graders import BUILTIN_TYPES, GraderError, is_grader_name, load_grader, normalise_text
 from .records import Record, TaskData
 
@@ -376,19 +377,7 @@ def _read_source(tf: _File, split: str, src: Source) -> list[_Row]:
     if not Path(path).is_file():
         raise tf.error(key, f"no such file: {shown}")
     if fmt == "jsonl":
-        out = []
-        with open(path, encoding="utf-8") as fh:
-            for lineno, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    value = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise TaskFileError(f"{shown}:{lineno}: not valid JSON ({exc.msg})") from None
-                if not isinstance(value, dict):
-                    raise TaskFileError(f"{shown}:{lineno}: expected a JSON object per line")
-                out.append(_Row(f"{shown}:{lineno}", value))
-        return out
+        return [_Row(f"{shown}:{lineno}", value) for lineno, value in read_jsonl(Path(path), shown, TaskFileError)]
     if fmt == "json":
         try:
             value = json.loads(Path(path).read_text(encoding="utf-8"))
