@@ -27,7 +27,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from ..config import ConfigError, _yaml_lines, deep_merge, read_yaml_mapping, validate_config
+from ..config import ArithConfig, ConfigError, _yaml_lines, deep_merge, read_yaml_mapping, validate_config
 from . import prompts
 from .files import read_jsonl
 from .graders import BUILTIN_TYPES, GraderError, is_grader_name, load_grader, normalise_text
@@ -621,7 +621,8 @@ def _read_records(tf: _File, name: str, allow_hub: bool) -> dict[str, list[tuple
     return out
 
 
-def _read_with_reader(tf: _File, name: str, data_dir: str | None, arith: Any) -> dict[str, list[tuple[Record, str]]]:
+def _read_with_reader(tf: _File, name: str, data_dir: str | None,
+                      arith: ArithConfig | None) -> dict[str, list[tuple[Record, str]]]:
     """(record, where) per split, made by the named reader from its own format (readers.py)."""
     from .readers import READERS, ReadContext
 
@@ -631,7 +632,7 @@ def _read_with_reader(tf: _File, name: str, data_dir: str | None, arith: Any) ->
         hint = f"; did you mean {close[0]!r}?" if close else ""
         raise tf.error(("data", "reader"), f"unknown reader {data.reader!r}{hint} (readers: {', '.join(READERS)})")
     sources = {split: src.path for split, src in data.sources().items()}
-    ctx = ReadContext(name, sources, dict(data.options), data_dir, **({"arith": arith} if arith else {}),
+    ctx = ReadContext(name, sources, dict(data.options), data_dir, arith or ArithConfig(),
                       where=lambda key: f"{tf.at(*key.split('.'))}: {key}")
     splits = READERS[data.reader].read(ctx)
     return {split: [(r, f"{split} record {r.id} ({tf.path})") for r in records] for split, records in splits.items()}
@@ -670,7 +671,7 @@ def _split_source(splits: dict[str, list[Record]], tf: _File) -> dict[str, list[
 
 
 def load_task_file(path: str | os.PathLike, overrides: dict | None = None, allow_hub: bool = False, *,
-                   data_dir: str | None = None, arith: Any = None) -> TaskData:
+                   data_dir: str | None = None, arith: ArithConfig | None = None) -> TaskData:
     """A task file's splits as TaskData (name, answer type, records, generation budget, prompts).
 
     `data_dir` (task.data_dir) is where a named reader's relative paths are read; `arith` (task.arith) the
