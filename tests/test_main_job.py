@@ -185,11 +185,15 @@ def test_round_2_trained_from_round_1s_merged_model(job):
 def test_resume_of_the_finished_run_runs_nothing_and_sends_nothing(job):
     run_dir, log = job["dir"], job["requests_log"]
     before_manifest, before_requests = _manifest(run_dir), _requests_sent(log)
-    assert before_requests > 0
+    wandb_runs = sorted((run_dir / "wandb").glob("offline-run-*"))
+    assert before_requests > 0 and wandb_runs
     out = _rbyr("resume", str(run_dir), "--json", env=job["env"], cwd=job["tmp"])
     assert _manifest(run_dir) == before_manifest  # no stage ran again (wall times and finish times unchanged)
     assert _requests_sent(log) == before_requests  # no teacher request reached a server
     assert len(re.findall(r"done earlier .*skipped", out.stderr)) == len(STAGES)
+    # Nothing to compute, so nothing to wait for: no Ray started (the run itself logged starting one), no wandb run.
+    assert "started a local Ray cluster" in job["stderr"] and "started a local Ray cluster" not in out.stderr
+    assert sorted((run_dir / "wandb").glob("offline-run-*")) == wandb_runs
     summary = json.loads(out.stdout.strip().splitlines()[-1])
     assert summary == json.loads((run_dir / "summary.json").read_text())
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 from .. import stops
-from ..config import ExperimentConfig, load_config, round_train
+from ..config import ExperimentConfig, TaskConfig, load_config, round_train
 from ..errors import Stopped
 from ..ray_utils import init_ray
 from ..tasks import Record, TaskData, load_task
@@ -52,7 +52,8 @@ def run(config: ExperimentConfig | str | Path, run_dir: str | Path | None = None
         log.info("recomputing %s", ", ".join(rd.forget(recompute)))
     check_stage_outputs(rd)
     try:
-        init_ray(cfg.ray)
+        # Ray and the tracker start with the first stage that computes (or a task read through Ray Data), so that
+        # resuming a finished run (or one whose remaining stages are all done) waits for neither.
         tracker = Tracker(cfg, rd.path)
         try:
             _rounds(cfg, rd, tracker, on_round)
@@ -98,6 +99,8 @@ def resume_config(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = 
 def _rounds(cfg: ExperimentConfig, rd: RunDir, tracker: Tracker, on_round: Callable[[dict], None] | None) -> None:
     from ..student.models import resolve_model_dir
 
+    if _reads_through_ray(cfg.task):
+        init_ray(cfg.ray)  # Ray Data reads the task's URIs on the run's cluster, not a default one it would start
     task = load_task(cfg.task, seed=cfg.seed)
     answer_type = task.answer_type
     records = {r.id: r for r in task.train + task.test + task.val}
@@ -149,6 +152,18 @@ def _rounds(cfg: ExperimentConfig, rd: RunDir, tracker: Tracker, on_round: Calla
             break
 
 
+def _reads_through_ray(task: TaskConfig) -> bool:
+    """Whether loading the task reads a URI (`s3://...`) through Ray Data: a task file at a URI or naming one."""
+    if task.file is None:
+        return False
+    if "://" in task.file:
+        return True
+    from ..tasks.taskfile import read_task_file
+
+    sources = read_task_file(task.file, task.spec).spec.data.sources().values()
+    return any("://" in src.path for src in sources)
+
+
 def read_mistakes(rd: RunDir, exam_round: int, max_negatives: int, mode: str = "answer") -> dict[str, list[str]]:
     """Question id -> the student's distinct wrong rationales (up to max_negatives) from a round's exam.
 
@@ -183,6 +198,7 @@ class _StageRunner:
             log.info("round %d %-10s done earlier (%.0f s); skipped", k, name, entry["wall_s"])
             return entry["metrics"]
         log.info("round %d %-10s ...", k, name)
+        init_ray(self.cfg.ray)  # once, at the first stage that computes (a no-op when Ray is up)
         start = time.time()
         metrics = fn()
         entry = self.rd.record(k, name, metrics, time.time() - start)

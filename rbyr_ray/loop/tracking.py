@@ -13,12 +13,18 @@ log = logging.getLogger(__name__)
 
 
 class Tracker:
-    """Logs round metrics to wandb when enabled; a no-op otherwise. Never sees secrets (the config has none)."""
+    """Logs round metrics to wandb when enabled; a no-op otherwise. Never sees secrets (the config has none).
+
+    wandb starts with the first metrics logged, so a resumed run with nothing left to compute starts nothing."""
 
     def __init__(self, cfg: ExperimentConfig, run_dir: Path):
         self.run = None
-        if not cfg.tracking.wandb or cfg.tracking.wandb_mode == "disabled":
-            return
+        self.cfg, self.run_dir = cfg, run_dir
+        self.pending = bool(cfg.tracking.wandb) and cfg.tracking.wandb_mode != "disabled"
+
+    def _start(self) -> None:
+        self.pending = False
+        cfg, run_dir = self.cfg, self.run_dir
         try:
             import wandb
         except ImportError:
@@ -32,6 +38,8 @@ class Tracker:
                               config=cfg.model_dump(mode="json"), tags=cfg.tracking.tags)
 
     def log(self, round_k: int, metrics: dict) -> None:
+        if self.pending:
+            self._start()
         if self.run is not None:
             flat = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
             self.run.log({"round": round_k, **flat})
