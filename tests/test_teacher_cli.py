@@ -2,13 +2,17 @@
 never goes), and what happens when not a single rationale can be obtained.
 
 Real parts: the CLI in a subprocess, the local teacher server over HTTP (requiring a bearer key where a test says
-so), a refused port, a local Ray of the subprocess's own.
+so), a refused port, and a real local Ray: the session's, which the subprocesses join through $RAY_ADDRESS as a
+user's job joins a running cluster (starting a Ray of its own costs each ~5 s on 2 cores), except the one given the
+key: it starts its own, as on a laptop, so that its Ray workers (the teacher's actors, which read the key) see the
+environment it was given.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import sqlite3
 import subprocess
@@ -30,9 +34,18 @@ KEY_ENV = "RBYR_TEST_TEACHER_KEY"
 KEY = "sk-" + "rbyrtest" + "7Q2x9LmN4pV8cZ1w"
 
 
-def _env(**extra: str) -> dict:
+@pytest.fixture(scope="module")
+def ray_address(ray_cluster) -> str:
+    """The address of the session's local Ray (conftest.ray_cluster), for the subprocesses to join."""
+    return ray_cluster.get_runtime_context().gcs_address
+
+
+def _env(ray_address: str | None, **extra: str) -> dict:
+    """The subprocess's environment: joining the Ray at `ray_address`, or (None) starting a local one of its own."""
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", KEY_ENV)}
     env.update(RAY_AUTH_MODE="disabled", WANDB_MODE="offline", HF_HUB_OFFLINE="1", **extra)
+    if ray_address:
+        env["RAY_ADDRESS"] = ray_address
     return env
 
 
@@ -58,17 +71,28 @@ def _one_line_failure(out: subprocess.CompletedProcess) -> str:
     return lines[0]
 
 
-def test_the_key_from_the_environment_reaches_the_server_and_nothing_else(tmp_path):
-    log = tmp_path / "server.log"
+@pytest.fixture(scope="module")
+def keyed(tmp_path_factory) -> dict:
+    """One annotate of 6 questions against a server that wants the key, the key in the named variable, on a Ray of
+    its own (a joined cluster's workers have that cluster's environment, not this one's). Its ledger is also the
+    spent-budget test's paid-for answers (a ledger is keyed by requests, not by endpoint or key)."""
+    tmp = tmp_path_factory.mktemp("keyed")
+    log = tmp / "server.log"
     server = LocalTeacherServer("solver", TASK, api_key=KEY, log_path=log)
     with server as url:
-        out = _annotate(url, tmp_path, f"teacher.api_key_env={KEY_ENV}", env=_env(**{KEY_ENV: KEY}))
-        assert out.returncode == 0, out.stderr[-3000:]
-        summary = json.loads(out.stdout.strip().splitlines()[-1])
-        assert summary["accepted"] == 12 and summary["failed"] == 0
-        # The server answers only `Authorization: Bearer <KEY>`: every request carried it.
+        out = _annotate(url, tmp, f"teacher.api_key_env={KEY_ENV}", env=_env(None, **{KEY_ENV: KEY}))
         stats = server.stats()
-        assert stats["unauthorized"] == 0 and stats["completions"] == stats["requests"] == 6, stats
+    assert out.returncode == 0, out.stderr[-3000:]
+    return {"dir": tmp, "out": out, "stats": stats, "log": log,
+            "summary": json.loads(out.stdout.strip().splitlines()[-1])}
+
+
+def test_the_key_from_the_environment_reaches_the_server_and_nothing_else(keyed):
+    tmp_path, out, log = keyed["dir"], keyed["out"], keyed["log"]
+    assert keyed["summary"]["accepted"] == 12 and keyed["summary"]["failed"] == 0
+    # The server answers only `Authorization: Bearer <KEY>`: every request carried it.
+    stats = keyed["stats"]
+    assert stats["unauthorized"] == 0 and stats["completions"] == stats["requests"] == 6, stats
     with sqlite3.connect(tmp_path / "ledger.sqlite") as db:
         stored = [r[0] for r in db.execute("select request_json from calls")]
     assert len(stored) == 6 and all("Question:" in r for r in stored)
@@ -81,9 +105,10 @@ def test_the_key_from_the_environment_reaches_the_server_and_nothing_else(tmp_pa
     assert KEY not in out.stdout + out.stderr + log.read_text()
 
 
-def test_an_endpoint_that_wants_a_key_that_is_not_set_says_which_variable_to_set(tmp_path):
+def test_an_endpoint_that_wants_a_key_that_is_not_set_says_which_variable_to_set(tmp_path, ray_address):
     with LocalTeacherServer("solver", TASK, api_key=KEY) as url:
-        out = _annotate(url, tmp_path, f"teacher.api_key_env={KEY_ENV}", env=_env())
+        out = _annotate(url, tmp_path, f"teacher.api_key_env={KEY_ENV}", env=_env(ray_address))
+    assert f"joining Ray cluster at {ray_address}" in out.stderr  # the session's Ray, not one of its own
     line = _one_line_failure(out)
     assert "http 401" in line and f"${KEY_ENV} is not set: export it" in line
     # What it has is written: every sample, each with its error.
@@ -91,40 +116,39 @@ def test_an_endpoint_that_wants_a_key_that_is_not_set_says_which_variable_to_set
     assert len(rows) == 12 and rows["error"].str.startswith("http 401").all() and not rows["accepted"].any()
 
 
-def test_a_refused_connection_fails_with_a_one_line_reason(tmp_path):
-    env = {k: v for k, v in _env().items() if k != "OPENAI_API_KEY"}  # teacher.api_key_env's default variable
-    out = _annotate(_refused_url(), tmp_path, env=env)
-    line = _one_line_failure(out)
-    assert "no rationale obtained for any of 6 questions" in line and "connection error" in line
-    assert "($OPENAI_API_KEY is not set)" in line, line
-    assert len(pd.read_parquet(tmp_path / "teacher.parquet")) == 12
-
-
-def test_a_spent_budget_fails_and_keeps_what_was_paid_for(tmp_path):
+def test_a_spent_budget_fails_and_keeps_what_was_paid_for(tmp_path, ray_address, keyed):
+    # The keyed annotate paid for 6 questions, and spent this budget on them.
+    for paid in keyed["dir"].glob("ledger.sqlite*"):
+        shutil.copy(paid, tmp_path / paid.name)
+    spent = keyed["summary"]["tokens"]
     with LocalTeacherServer("solver", TASK) as url:
-        first = _annotate(url, tmp_path, env=_env())  # 6 questions: spends the budget
-        assert first.returncode == 0, first.stderr[-3000:]
-        spent = json.loads(first.stdout.strip().splitlines()[-1])["tokens"]
-        out = _annotate(url, tmp_path, f"teacher.budget_tokens={spent}", env=_env(), limit=12)
+        out = _annotate(url, tmp_path, f"teacher.budget_tokens={spent}", env=_env(ray_address), limit=12)
     # The 6 questions already paid for come from the ledger, so something was obtained: not a failure.
     assert out.returncode == 0, out.stderr[-3000:]
     summary = json.loads(out.stdout.strip().splitlines()[-1])
     assert summary["accepted"] == 12 and summary["failed"] == 12 and summary["budget_exhausted"]
     # A budget spent before any of the asked questions was: a failure, and it says so.
-    out = _annotate(url, tmp_path, f"teacher.budget_tokens={spent}", env=_env(), limit=4, split="test")
+    out = _annotate(url, tmp_path, f"teacher.budget_tokens={spent}", env=_env(ray_address), limit=4, split="test")
     assert "teacher budget reached" in _one_line_failure(out)
 
 
-def test_the_runs_teacher_stage_fails_instead_of_training_on_nothing(tmp_path):
+def test_the_runs_teacher_stage_fails_instead_of_training_on_nothing(tmp_path, ray_address):
+    """A refused connection (a loopback port nobody listens on; the key variable unset, which a loopback endpoint
+    allows): the run fails in one line that gives the reason, keeps what it computed, trains on nothing."""
     run_dir = tmp_path / "run"
     cmd = [str(Path(sys.executable).parent / "rbyr-ray"), "run", str(REPO / "configs" / "demo.yaml"),
            "rounds=1", "task.arith.n_train=4", "task.arith.n_test=2", "exam.round0=false", "eval.max_new_tokens=8",
-           "teacher.backend=openai", f"teacher.base_url={_refused_url()}", "teacher.api_key_env=null",
-           "teacher.max_retries=0", "tracking.wandb=false", "--run-dir", str(run_dir)]
-    out = subprocess.run(cmd, env=_env(), cwd=tmp_path, capture_output=True, text=True, timeout=400, check=False)
+           "teacher.backend=openai", f"teacher.base_url={_refused_url()}", "teacher.max_retries=0",
+           "tracking.wandb=false", "--run-dir", str(run_dir)]
+    env = {k: v for k, v in _env(ray_address).items() if k != "OPENAI_API_KEY"}  # teacher.api_key_env's default
+    out = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=400, check=False)
     assert out.returncode == 1, out.stderr[-3000:]
     line = [x for x in out.stderr.splitlines() if x.startswith("rbyr-ray run: failed:")]
     assert len(line) == 1 and "no rationale obtained for any of 4 questions" in line[0], out.stderr[-3000:]
+    assert "connection error" in line[0] and "($OPENAI_API_KEY is not set)" in line[0], line[0]
     stages = json.loads((run_dir / "manifest.json").read_text())["stages"]
     assert sorted(stages) == ["round_0/eval"]  # kept; the teacher stage is not recorded, nothing was trained
-    assert (run_dir / "round_1" / "teacher.parquet").is_file() and not (run_dir / "round_1" / "model").exists()
+    # What it has is written: every sample, each with its error.
+    rows = pd.read_parquet(run_dir / "round_1" / "teacher.parquet")
+    assert len(rows) == 8 and rows["error"].notna().all() and not rows["accepted"].any()
+    assert not (run_dir / "round_1" / "model").exists()
