@@ -2,29 +2,35 @@
 own mistakes, and the reflection loss's learning signal reaches the run's records.
 
 One real round, tiny: the SmolLM2 student's round-0 exam (4 samples per question at temperature 1.0), the local
-solver teacher over HTTP, training on a local Ray, greedy evaluation.
+solver teacher over HTTP, training on a local Ray, greedy evaluation. Its questions come from a task file (issue 20)
+that the test writes: arith word problems over Parquet (train) and CSV (test) under ids of their own, so the run
+also carries a task file through every stage of the loop.
 """
 
 from __future__ import annotations
 
+import csv
 import json
+import re
+import sqlite3
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 import rbyr_ray
-from rbyr_ray.config import load_config
+from rbyr_ray.config import TaskConfig, load_config
 from rbyr_ray.loop.summary import format_round_table
 from rbyr_ray.student.models import load_tokenizer
-from rbyr_ray.tasks import prompts
+from rbyr_ray.tasks import load_task, prompts
 
 pytestmark = pytest.mark.timeout(600)
 
 REPO = Path(__file__).resolve().parents[1]
 PRESET = REPO / "configs/protocol/arith.yaml"
-TINY = ["rounds=1", "task.arith.n_train=6", "task.arith.n_test=4", "task.arith.max_steps=1",
-        "exam.max_new_tokens=24", "eval.max_new_tokens=24", "train.batch_size=4", "train.lora.r=4",
+TINY = ["rounds=1", "exam.max_new_tokens=24", "eval.max_new_tokens=24", "train.batch_size=4", "train.lora.r=4",
         "train.lora.alpha=8", "train.warmup_steps=1", "tracking.wandb=false"]
 
 
@@ -33,9 +39,30 @@ def fold(text: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory, ray_cluster) -> Path:
+def task_file(tmp_path_factory) -> dict:
+    """6 training and 4 test questions of one step, made by the arith generator with a seed of their own (not the
+    built-in task's), written as a user's data: train.parquet and test.csv, ids "pq-*" and "csv-*", plain numeric
+    answers, and a task file naming only data and fields (so the prompts are the defaults)."""
+    made = load_task(TaskConfig(arith={"n_train": 6, "n_test": 4, "max_steps": 1, "seed": 4321}))
+    folder = tmp_path_factory.mktemp("task")
+    train = {"qid": [f"pq-{i}" for i in range(6)], "problem": [r.question for r in made.train],
+             "result": [r.answer for r in made.train]}
+    pq.write_table(pa.table(train), folder / "train.parquet")
+    test = [(f"csv-{i}", r.question, r.answer) for i, r in enumerate(made.test)]
+    with open(folder / "test.csv", "w", newline="") as fh:
+        csv.writer(fh).writerows([("qid", "problem", "result"), *test])
+    (folder / "arith_words.yaml").write_text(
+        "data: {train: train.parquet, test: test.csv}\n"
+        "fields: {question: problem, answer: result, id: qid}\n"
+        "answer_type: numeric\n")
+    return {"path": folder / "arith_words.yaml", "train": dict(zip(train["qid"], train["problem"])),
+            "test": {qid: question for qid, question, _ in test}}
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, ray_cluster, task_file) -> Path:
     path = tmp_path_factory.mktemp("protocol") / "run"
-    rbyr_ray.run(load_config(PRESET, TINY), run_dir=path)
+    rbyr_ray.run(load_config(PRESET, [*TINY, "task.name=null", f"task.file={task_file['path']}"]), run_dir=path)
     return path
 
 
@@ -88,3 +115,19 @@ def test_the_learning_signal_reaches_metrics_summary_and_table(run_dir: Path):
     table = format_round_table(summary)
     assert "ref_gap" in table.splitlines()[0] and f"{train['reflection_gap']:.3f}" in table
     assert (run_dir / "report.png").stat().st_size > 10_000
+
+
+def test_every_stage_read_its_questions_from_the_task_file(run_dir: Path, task_file: dict):
+    """The exams and evaluations hold exactly the file's ids, and the teacher was asked exactly the file's questions
+    (which the built-in arith task, seeded differently, does not have)."""
+    assert load_config(run_dir / "config.yaml").task.file == str(task_file["path"])
+    assert set(pd.read_parquet(run_dir / "round_0/exam.parquet")["id"]) == set(task_file["train"])
+    for k in (0, 1):
+        assert sorted(pd.read_parquet(run_dir / f"round_{k}/eval.parquet")["id"]) == sorted(task_file["test"])
+    assert set(pd.read_parquet(run_dir / "round_1/teacher.parquet")["id"]) == set(task_file["train"])
+    with sqlite3.connect(run_dir / "teacher_ledger.sqlite") as db:
+        sent = [json.loads(r[0])["messages"][-1]["content"] for r in db.execute("select request_json from calls")]
+    asked = {re.search(r"Question:\s*(.+)", text).group(1).strip() for text in sent}
+    assert asked == set(task_file["train"].values())
+    builtin = load_task(load_config(PRESET, ["task.arith.n_train=6", "task.arith.max_steps=1"]).task)
+    assert not asked & {r.question for r in builtin.train}
