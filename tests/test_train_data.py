@@ -199,3 +199,17 @@ def test_negative_only_items_leave_the_triplets_draws_unchanged(tokenizer):
         assert [list(x) if hasattr(x, "__len__") else x for x in both[keep][column]] == \
                [list(x) if hasattr(x, "__len__") else x for x in more[keep][column]], column
     assert more[more["id"] == "q2"]["has_negative"].all() and not both[both["id"] == "q2"]["has_negative"].any()
+
+
+def test_targets_over_the_students_budget_are_counted(items, tokenizer):
+    from rbyr_ray.loop.rounds import targets_over_budget
+
+    # What the student writes for each item: rationale + "\nAnswer: X" (the eos may fall past the budget).
+    lengths = [len(ids(tokenizer, prompts.fold_rationale(prompts.strip_answer_line(r)) + f"\nAnswer: {a}"))
+               for r, a in [("3 + 4 = 7.", "7"), ("Mia ends with 3 + 4 = 7 apples.", "7"), ("10 - 2 = 8.", "8"),
+                            ("10 - 2 = 8.", "8"), ("She has 5.", "5"), ("Ava still has 5 cards.", "5")]]
+    longest = max(lengths)
+    assert targets_over_budget(items, longest) == (0, int(pd.Series(lengths).median()))
+    assert targets_over_budget(items, longest - 1)[0] == lengths.count(longest)
+    assert targets_over_budget(items, 1)[0] == len(items)
+    assert targets_over_budget(items.iloc[:0], 40) == (0, 0)

@@ -278,10 +278,22 @@ class _StageRunner:
                                       task=self.task.prompts)
             items.to_parquet(self.rd.round_dir(k) / "train_data.parquet")
             valid = items["valid"].astype(bool) if "valid" in items else pd.Series([], dtype=bool)
+            over = self._targets_over_budget(k, items)
             return {"items": len(items), "questions": int(items["id"].nunique()) if len(items) else 0,
                     "items_with_triplet": int(valid.sum()),  # what the triplet acts on; ranking needs a negative only
-                    "items_with_negative": int(items["has_negative"].astype(bool).sum()) if len(items) else 0}
+                    "items_with_negative": int(items["has_negative"].astype(bool).sum()) if len(items) else 0,
+                    "targets_over_budget": over}
         return self._run(k, "train_data", go)
+
+    def _targets_over_budget(self, k: int, items: pd.DataFrame) -> int:
+        budget = self.cfg.eval.max_new_tokens or self.task.max_new_tokens
+        over, median = targets_over_budget(items, budget)
+        if over > 0.1 * len(items):  # a few long ones cost a few answers; most of them, the answer line
+            log.warning("round %d: %d of %d training targets are longer than the student's generation budget "
+                        "(%d tokens; median %d): it learns answers it cannot finish. Ask the teacher for shorter "
+                        "answers (task.spec.prompts.feedback) or raise exam/eval.max_new_tokens",
+                        k, over, len(items), budget, median)
+        return over
 
     def _teacher_rows(self, k: int) -> pd.DataFrame:
         """Accepted teacher rationales of this round, plus earlier rounds' (all, or `replay` of them)."""
@@ -347,3 +359,17 @@ def _warn_failed_rows(k: int, stage: str, rows: pd.DataFrame) -> None:
 def _short(metrics: dict) -> str:
     return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()
                      if not isinstance(v, str))
+
+
+def targets_over_budget(items: pd.DataFrame, budget: int) -> tuple[int, int]:
+    """(training targets longer than the student's generation budget, the median target length), in tokens.
+
+    A target is the rationale and answer line the student is trained to write (its eos may fall past the budget).
+    A real LLM teacher's feedback answers can be several times its CoT answers' length; a student trained on them
+    learns answers it cannot finish within `eval.max_new_tokens` and loses its answer line (docs/results.md, "Real
+    teacher"). The run counts them (metrics) and warns when more than a tenth are; it does not drop them: the
+    budget is the user's to choose."""
+    if items.empty:
+        return 0, 0
+    lengths = items["input_ids"].map(len) - items["n_prefix"] - 1
+    return int((lengths > budget).sum()), int(lengths.median())
