@@ -116,6 +116,17 @@ def test_an_endpoint_that_wants_a_key_that_is_not_set_says_which_variable_to_set
     assert len(rows) == 12 and rows["error"].str.startswith("http 401").all() and not rows["accepted"].any()
 
 
+def test_a_key_the_driver_has_but_a_joined_clusters_workers_lack_is_named_where_it_is_missing(tmp_path, ray_address):
+    """On a cluster the key is read where the request is sent: a teacher worker of the joined cluster, whose
+    environment is its node's, not the driver's shell. The failure says so instead of "the endpoint refused the key"."""
+    with LocalTeacherServer("solver", TASK, api_key=KEY) as url:
+        out = _annotate(url, tmp_path, f"teacher.api_key_env={KEY_ENV}", env=_env(ray_address, **{KEY_ENV: KEY}))
+    line = _one_line_failure(out)
+    assert "http 401" in line and f"${KEY_ENV} is not set on " in line and "runtime_env" in line, line
+    assert "refused the key" not in line
+    assert KEY not in out.stdout + out.stderr
+
+
 def test_a_spent_budget_fails_and_keeps_what_was_paid_for(tmp_path, ray_address, keyed):
     # The keyed annotate paid for 6 questions, and spent this budget on them.
     for paid in keyed["dir"].glob("ledger.sqlite*"):

@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import random
+import socket
 import time
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
@@ -226,6 +227,15 @@ class TeacherClient:
                                               max_retries=0, timeout=self.timeout_s, http_client=http)
         return self._client
 
+    def _missing_key(self, status: int) -> str:
+        """What to say first when an endpoint refuses a request sent without a key that the config names: the key
+        is read where the request is sent, and on a cluster that is a worker whose environment is its node's (or
+        the job's runtime_env), not the driver's shell."""
+        if status not in (401, 403) or not self._keyless or not self.api_key_env:
+            return ""
+        return (f"${self.api_key_env} is not set on {socket.gethostname()}, where this request was sent "
+                "(on a cluster, set it on every node or in the job's runtime_env); ")
+
     async def aclose(self) -> None:
         if self._client is not None:
             await self._client.close()
@@ -281,7 +291,8 @@ class TeacherClient:
                     retry_after = _retry_after(exc)
                 if not retryable:
                     self._note_error(kind)
-                    raise TeacherRequestError(f"{kind}: {_short(exc)}", attempt + 1, False) from None
+                    raise TeacherRequestError(f"{kind}: {self._missing_key(status)}{_short(exc)}", attempt + 1,
+                                              False) from None
             except openai.APITimeoutError:
                 kind = "timeout"
             except openai.APIConnectionError as exc:

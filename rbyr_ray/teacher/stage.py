@@ -283,7 +283,10 @@ def no_rationale_reason(result: TeacherResult, cfg: TeacherConfig) -> str | None
     reason = (f"no rationale obtained for any of {result.questions} questions: every request failed "
               f"({len(errors)} samples; e.g. {common[:200]})")
     if common.startswith(("http 401", "http 403")):
-        reason += f"; {_key_hint(cfg)}"
+        # A worker without the key that the driver has (a cluster's node): the example says so; the driver's hint
+        # ("the endpoint refused the key") would mislead.
+        if not (" is not set on " in common and cfg.api_key_env and os.environ.get(cfg.api_key_env)):
+            reason += f"; {_key_hint(cfg)}"
     elif cfg.api_key_env and not os.environ.get(cfg.api_key_env):
         reason += f" (${cfg.api_key_env} is not set)"  # perhaps not the cause, but the first thing to rule out
     return reason
