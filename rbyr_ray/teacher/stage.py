@@ -152,15 +152,16 @@ def build_requests(records: Sequence[Record], cfg: TeacherConfig, answer_type: s
     builds the very same prompt and finds it in the ledger.
     """
     rows = []
+    prompts_ = task_prompts(task, answer_type)  # once: a built-in task's name reads its file
     for order, record in enumerate(records):
         if mistakes is None:
-            messages, kind = task_prompts(task, answer_type).cot_messages(record, few_shot=cfg.few_shot), "cot"
+            messages, kind = prompts_.cot_messages(record, few_shot=cfg.few_shot), "cot"
         else:
             wrong = [w for w in mistakes.get(record.id) or [] if w and w.strip()]
             if not wrong:
                 continue
             pick = random.Random(f"{seed}:{record.id}").choice(sorted(wrong))
-            messages = task_prompts(task, answer_type).feedback_messages(record, pick, use_hint=cfg.use_hint)
+            messages = prompts_.feedback_messages(record, pick, use_hint=cfg.use_hint)
             kind = "feedback"
         rows.append({"order": order, "id": record.id, "kind": kind, "messages": json.dumps(messages),
                      "answer": record.answer, "choices": json.dumps(list(record.choices)),
