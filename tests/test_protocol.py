@@ -1,10 +1,10 @@
 """The paper's protocol preset (configs/protocol/arith.yaml): round 1 already learns from the untuned student's
 own mistakes, and the reflection loss's learning signal reaches the run's records.
 
-One real round, tiny: the SmolLM2 student's round-0 exam (4 samples per question at temperature 1.0), the local
-solver teacher over HTTP, training on a local Ray, greedy evaluation. Its questions come from a task file (issue 20)
-that the test writes: arith word problems over Parquet (train) and CSV (test) under ids of their own, so the run
-also carries a task file through every stage of the loop.
+One real run of 2 rounds, tiny: the SmolLM2 student's round-0 exam (4 samples per question at temperature 1.0), the
+local solver teacher over HTTP, training on a local Ray, greedy evaluation, then round 2 on the exam of round 1's
+student. Its questions come from a task file (issue 20) that the test writes: arith word problems over Parquet
+(train) and CSV (test) under ids of their own, so the run also carries a task file through every stage of the loop.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ pytestmark = pytest.mark.timeout(600)
 
 REPO = Path(__file__).resolve().parents[1]
 PRESET = REPO / "configs/protocol/arith.yaml"
-TINY = ["rounds=1", "exam.max_new_tokens=24", "eval.max_new_tokens=24", "train.batch_size=4", "train.lora.r=4",
+TINY = ["rounds=2", "exam.max_new_tokens=24", "eval.max_new_tokens=24", "train.batch_size=4", "train.lora.r=4",
         "train.lora.alpha=8", "train.warmup_steps=1", "tracking.wandb=false"]
 
 
@@ -121,10 +121,18 @@ def test_every_stage_read_its_questions_from_the_task_file(run_dir: Path, task_f
     """The exams and evaluations hold exactly the file's ids, and the teacher was asked exactly the file's questions
     (which the built-in arith task, seeded differently, does not have)."""
     assert load_config(run_dir / "config.yaml").task.file == str(task_file["path"])
-    assert set(pd.read_parquet(run_dir / "round_0/exam.parquet")["id"]) == set(task_file["train"])
-    for k in (0, 1):
+    for k in (0, 2):
+        assert set(pd.read_parquet(run_dir / f"round_{k}/exam.parquet")["id"]) == set(task_file["train"])
+    for k in (0, 1, 2):
         assert sorted(pd.read_parquet(run_dir / f"round_{k}/eval.parquet")["id"]) == sorted(task_file["test"])
     assert set(pd.read_parquet(run_dir / "round_1/teacher.parquet")["id"]) == set(task_file["train"])
+    # Round 2's feedback is about the mistakes of round 1's student on the file's questions.
+    exam = pd.read_parquet(run_dir / "round_2/exam.parquet")
+    feedback = pd.read_parquet(run_dir / "round_2/teacher.parquet")
+    assert (feedback["kind"] == "feedback").all()
+    assert set(feedback["id"]) <= set(exam.loc[~exam["correct"].astype(bool), "id"])
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert [r["round"] for r in summary["rounds"]] == [0, 1, 2]
     with sqlite3.connect(run_dir / "teacher_ledger.sqlite") as db:
         sent = [json.loads(r[0])["messages"][-1]["content"] for r in db.execute("select request_json from calls")]
     asked = {re.search(r"Question:\s*(.+)", text).group(1).strip() for text in sent}
