@@ -40,12 +40,12 @@ def fold(text: str) -> str:
 
 @pytest.fixture(scope="module")
 def task_file(tmp_path_factory) -> dict:
-    """6 training and 4 test questions of one step, made by the arith generator with a seed of their own (not the
+    """4 training and 4 test questions of one step, made by the arith generator with a seed of their own (not the
     built-in task's), written as a user's data: train.parquet and test.csv, ids "pq-*" and "csv-*", plain numeric
     answers, and a task file naming only data and fields (so the prompts are the defaults)."""
-    made = load_task(TaskConfig(arith={"n_train": 6, "n_test": 4, "max_steps": 1, "seed": 4321}))
+    made = load_task(TaskConfig(arith={"n_train": 4, "n_test": 4, "max_steps": 1, "seed": 4321}))
     folder = tmp_path_factory.mktemp("task")
-    train = {"qid": [f"pq-{i}" for i in range(6)], "problem": [r.question for r in made.train],
+    train = {"qid": [f"pq-{i}" for i in range(4)], "problem": [r.question for r in made.train],
              "result": [r.answer for r in made.train]}
     pq.write_table(pa.table(train), folder / "train.parquet")
     test = [(f"csv-{i}", r.question, r.answer) for i, r in enumerate(made.test)]
@@ -75,7 +75,7 @@ def test_the_preset_is_the_papers_protocol():
 
 def test_round_1_has_triplets_exactly_for_the_untuned_students_mistakes(run_dir: Path):
     exam = pd.read_parquet(run_dir / "round_0/exam.parquet")
-    assert exam["id"].nunique() == 6 and (exam.groupby("id").size() == 4).all()
+    assert exam["id"].nunique() == 4 and (exam.groupby("id").size() == 4).all()
     wrong = exam[~exam["correct"].astype(bool) & exam["error"].isna() & (exam["rationale"].str.strip() != "")]
     mistakes = {q: set(map(fold, g["rationale"])) for q, g in wrong.groupby("id")}
     teacher = pd.read_parquet(run_dir / "round_1/teacher.parquet")
@@ -137,5 +137,5 @@ def test_every_stage_read_its_questions_from_the_task_file(run_dir: Path, task_f
         sent = [json.loads(r[0])["messages"][-1]["content"] for r in db.execute("select request_json from calls")]
     asked = {re.search(r"Question:\s*(.+)", text).group(1).strip() for text in sent}
     assert asked == set(task_file["train"].values())
-    builtin = load_task(load_config(PRESET, ["task.arith.n_train=6", "task.arith.max_steps=1"]).task)
+    builtin = load_task(load_config(PRESET, ["task.arith.n_train=4", "task.arith.max_steps=1"]).task)
     assert not asked & {r.question for r in builtin.train}
