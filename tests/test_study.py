@@ -334,6 +334,11 @@ def test_collect_reads_each_runs_final_round_per_question(tmp_path: Path):
     (run_dir / "manifest.json").write_text(json.dumps({"stages": {}}))
     (run_dir / "summary.json").write_text(json.dumps(_summary(0.0, [0.5, 0.5], 0)))
     assert collect(spec)["a"][0]["final_correct"] == {"q0": False, "q1": True}  # round 2, the last evaluated
+    # A run stopped before its last round (its config plans 3): its "final" would be round 2's, so it is left out.
+    (run_dir / "config.yaml").write_text("rounds: 3\n")
+    assert collect(spec) == {}
+    (run_dir / "config.yaml").write_text("rounds: 2\n")
+    assert collect(spec)["a"][0]["final_test_accuracy"] == 0.5
 
 
 def test_presets_differing_in_round_2s_objective_share_the_sft_round_and_round_2s_data(tmp_path: Path):

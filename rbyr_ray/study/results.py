@@ -11,12 +11,17 @@ presets is one comparison; the report says how many were made and gives Holm's a
 from __future__ import annotations
 
 import json
+import logging
 import math
 import random
 import statistics
 from pathlib import Path
 
+import yaml
+
 from .study import StudySpec
+
+log = logging.getLogger(__name__)
 
 # Two-sided 95% critical values of Student's t by degrees of freedom (paired gaps over n seeds: n - 1 df).
 _T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
@@ -44,14 +49,28 @@ def final_correct(run_dir: Path, summary: dict) -> dict[str, bool]:
     return {str(q): bool(c) for q, c in zip(rows["id"], rows["correct"])}
 
 
+def _unfinished(run_dir: Path, summary: dict) -> bool:
+    """A run stopped before its last round (its config.yaml plans more rounds than it evaluated): its "final" accuracy
+    would be an earlier round's, so a study leaves it out until it is resumed."""
+    config = run_dir / "config.yaml"
+    if not config.exists():
+        return False
+    planned = yaml.safe_load(config.read_text()).get("rounds")
+    done = [r["round"] for r in summary["rounds"] if r.get("test_accuracy") is not None]
+    return planned is not None and max(done, default=0) < planned
+
+
 def collect(spec: StudySpec) -> dict:
-    """{preset: {seed: summary + train_tokens + final_correct}} for every run dir with a summary."""
+    """{preset: {seed: summary + train_tokens + final_correct}} for every finished run dir."""
     runs: dict[str, dict[int, dict]] = {}
     for preset in spec.presets:
         for seed in spec.seeds:
             path = spec.run_dir(preset, seed) / "summary.json"
             if path.exists():
                 summary = json.loads(path.read_text())
+                if _unfinished(path.parent, summary):
+                    log.info("%s: unfinished (stopped before its last round), left out until resumed", path.parent)
+                    continue
                 summary["train_tokens"] = _run_tokens(path.parent)
                 summary["final_correct"] = final_correct(path.parent, summary)
                 runs.setdefault(preset, {})[seed] = summary
