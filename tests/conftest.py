@@ -15,18 +15,28 @@ VLLM_FIXTURE = "vllm_server"
 _ray_started_here: list[bool] = []
 
 
+# test_exam's injected engine failure: the engine raises on a prompt holding this text (FAIL_ENV in every worker
+# of the shared Ray; no other test's prompt holds it).
+EXAM_POISON = "[the engine fails on this]"
+
+
 @pytest.fixture(scope="module")
 def ray_cluster():
     """One local 2-CPU Ray for the whole session (or the one already running), shut down when the session ends.
 
-    Starting Ray costs seconds on 2 cores, so every module that asks for it shares one; a module that shuts it
-    down itself (test_trainer's own fixture) just makes the next module start a fresh one.
+    Starting and stopping Ray costs seconds on 2 cores, so every module that asks for it shares one; a module
+    that shuts it down itself (test_cluster's two-node cluster) just makes the next module start a fresh one.
     """
     import ray
 
+    from rbyr_ray.student.exam import FAIL_ENV
+
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    if ray.is_initialized() and FAIL_ENV not in ray.get_runtime_context().runtime_env.get("env_vars", {}):
+        ray.shutdown()  # a Ray an earlier test's run started itself: it lacks test_exam's hook
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+                 runtime_env={"env_vars": {FAIL_ENV: EXAM_POISON}})
         _ray_started_here.append(True)
     yield ray
 

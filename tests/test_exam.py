@@ -8,6 +8,7 @@ import os
 
 import pandas as pd
 import pytest
+from conftest import EXAM_POISON
 
 from rbyr_ray.config import ExperimentConfig
 from rbyr_ray.student.engines import Generation
@@ -18,24 +19,11 @@ from rbyr_ray.tasks.records import Record
 pytestmark = pytest.mark.slow
 TEST = load_task(ExperimentConfig().task).test
 TOO_LONG = Record(id="too-long", question="Mia has 3 apples. " * 600 + "How many apples?", answer="3")
-POISON = "[the engine fails on this]"
+POISON = EXAM_POISON  # in FAIL_ENV of the shared Ray's workers (conftest.py)
 # Questions the untuned SmolLM2 answers right greedily ("2 + 2 = 4", "5 * 2 = 10"); their twins carry a wrong gold.
 RIGHT = [Record(id="easy-add", question="What is 2 + 2?", answer="4"),
          Record(id="easy-mul", question="What is 5 times 2?", answer="10")]
 WRONG = [Record(id=f"{r.id}-wrong-gold", question=r.question, answer=str(int(r.answer) + 1)) for r in RIGHT]
-
-
-@pytest.fixture(scope="module")
-def ray_cluster():
-    """The module's local Ray, whose workers inject an engine failure for prompts holding POISON."""
-    import ray
-
-    if ray.is_initialized():  # a Ray of the session's (conftest) or of an earlier test: it lacks the hook
-        ray.shutdown()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {FAIL_ENV: POISON}})
-    yield ray
-    ray.shutdown()
 
 
 def _last_number(text: str) -> float | None:

@@ -1,7 +1,7 @@
 """The main job in CI: `rbyr-ray run` as a user runs it, then `resume` and `report` of the finished run.
 
 A subprocess with the real parts: the SmolLM2-135M student, the local solver teacher server over HTTP (started
-and stopped by the run), a local Ray started by the run. Sized to about 2-3 minutes on 2 cores: 8 training
+and stopped by the run), a local Ray started by the run. Sized to about 2 minutes on 2 cores: 4 training
 questions, 2 rounds, one epoch of 4-item batches per round, 8 test questions. Like the demo, no round-0 exam (round 0
 is evaluated only); the paper's protocol run (test_protocol.py) covers the round-0 exam and round 1's triplets.
 """
@@ -27,7 +27,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 OVERRIDES = [
-    "name=ci", "rounds=2", "task.arith.n_train=8", "task.arith.n_test=8", "task.arith.max_steps=2",
+    "name=ci", "rounds=2", "task.arith.n_train=4", "task.arith.n_test=8", "task.arith.max_steps=2",
     "exam.samples=2", "exam.limit=null", "exam.max_new_tokens=24", "exam.batch_size=16",
     "eval.max_new_tokens=24", "eval.batch_size=16", "train.batch_size=4", "train.epochs=1",
     "train.lora.r=4", "train.lora.alpha=8",
