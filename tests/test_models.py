@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from rbyr_ray.student.models import (
     adapter_base,
@@ -63,8 +64,15 @@ def test_two_processes_converting_at_once_leave_one_good_folder(tmp_path):
     paths = {out.strip().splitlines()[-1] for out, _ in outs}
     assert len(paths) == 1
     folder = Path(paths.pop())
+    # The GGUF read once, into the exact float32 weights; the bf16 folder is their cast. No half-written
+    # temporary folders.
+    exact = folder.name.replace("-bfloat16-", "-float32-")
     entries = sorted(p.name for p in (cache / "models").iterdir())
-    assert entries == sorted([folder.name, f"{folder.name}.lock"])  # no half-written temporary folders
+    assert entries == sorted([folder.name, f"{folder.name}.lock", exact, f"{exact}.lock"])
+    exact_weights, weights = load_file(cache / "models" / exact / "model.safetensors"), load_file(folder / "model.safetensors")
+    assert weights.keys() == exact_weights.keys()
+    assert all(weights[k].dtype == torch.bfloat16 and torch.equal(weights[k], exact_weights[k].to(torch.bfloat16))
+               and exact_weights[k].dtype == torch.float32 for k in weights)
     model, tok = load_student(str(gguf), cache_dir=str(cache))
     assert tok.padding_side == "left" and tok.pad_token is not None
     assert next(model.parameters()).dtype == torch.bfloat16
