@@ -49,7 +49,7 @@ study: setup
 	$(VENV)/bin/rbyr-ray study configs/study_arith.yaml
 
 # CI's tier: everything but the `heavy` tests (vLLM start-ups, 2-node clusters, sweeps, the three-stop SIGTERM run).
-# From a clean clone on the 2-core AMD EPYC: setup 2:07 + suite 12:43 = 14:51 (2026-12-05, 5852e6c), under the 15-minute bound.
+# From a clean clone on the 2-core AMD EPYC: setup 2:18 + suite 10:33 = 12:51 (2026-12-06, e5bf2e0), under the 15-minute bound.
 test: setup
 	$(VENV)/bin/python -m pytest tests -q -m "not heavy"
 

@@ -63,8 +63,8 @@ def test_plan_is_question_disjoint_and_whole_steps():
 
 
 def test_two_ddp_workers_train_lora_and_export_a_merged_model(ray_cluster, train_data, student, tmp_path):
-    # The likelihood hinge (issue 21) beside L_lm: its real round is this one (the triplet's is the main job's and
-    # test_protocol's). A token budget below one worker's slice (2 items, ~2 x 2 x 40 padded tokens): every slice
+    # The likelihood hinge (issue 21) beside L_lm: its real round is this one (the triplet's is the main job's).
+    # A token budget below one worker's slice (2 items, ~2 x 2 x 40 padded tokens): every slice
     # runs as 2 micro-batches, gradients accumulated without an all-reduce until the last, and the replicas agree.
     result = train_round(train_data, student, tmp_path,
                          config(epochs=2, max_tokens_per_micro_batch=100, reflection=HINGE), seed=0)
