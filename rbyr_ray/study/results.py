@@ -309,7 +309,7 @@ def plot(agg: dict, path: Path) -> Path:
                         label=f"{name}: {_PLOTTED_SIGNALS[key]}")
         ax.set_xticks(sorted({k for per_round in signals.values() for k in per_round}))
         ax.set_xlabel("round (last epoch's mean)")
-        ax.set_ylabel("Δ (triplet) / preference accuracy (ranking) / ℓ̄(t) − ℓ̄(m) (nats)")
+        ax.set_ylabel("signal (the legend names it)")  # one label for all kinds would not fit the axis
         ax.set_title("the reflection loss's learning signal", fontsize=10)
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
