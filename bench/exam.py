@@ -9,6 +9,13 @@ Two throughputs per pipeline (generated tokens / seconds):
   generation   the time inside `generate` only (the exam sums its batches' engine time).
 Goals on 2 cores: exam hf / plain loop >= 0.8; vllm / hf >= 2 (steady-state generation: vLLM's ~30 s
 start-up would swamp 64 questions end-to-end).
+
+`--order`: what the exam's length-ordered batches save. The hf engine generates the same questions in question
+order and in prompt-length order (as run_exam batches them), alternately, and prints the time ratio and how many
+outputs agree (batch composition changes float rounding, so a greedy token may rarely differ):
+
+    .venv/bin/python bench/exam.py --order --config configs/protocol/mistakes.yaml --questions 400 \
+        --batch-size 50 --max-new-tokens 40 --model runs/study-mistakes/multi-round/seed_0/round_2/model
 """
 
 from __future__ import annotations
@@ -46,6 +53,34 @@ def plain_loop(prompts: list[str], model_name: str, dtype: str, batch_size: int,
     return {"tokens": tokens, "wall_s": wall, "gen_s": gen_s}
 
 
+def order_gain(prompts: list[str], model: str, dtype: str, batch_size: int, max_new_tokens: int,
+               repeats: int = 2) -> None:
+    """Seconds to generate `prompts` in question order against prompt-length order, alternately, same engine."""
+    from rbyr_ray.student.engines import SamplingSpec
+    from rbyr_ray.student.hf_engine import HFEngine
+    from rbyr_ray.student.models import resolve_model_dir
+    from rbyr_ray.tasks.prompts import STOP
+
+    engine = HFEngine(resolve_model_dir(model), dtype=dtype, threads=os.cpu_count())
+    spec = SamplingSpec(greedy=True, max_new_tokens=max_new_tokens, stop=STOP)
+    orders = {"question order": list(range(len(prompts))),
+              "length order": sorted(range(len(prompts)), key=lambda i: len(prompts[i]))}
+    seconds = {name: 0.0 for name in orders}
+    texts: dict[str, dict[int, str]] = {}
+    for _ in range(repeats):
+        for name, order in orders.items():
+            ids = engine.tokenizer([prompts[i] for i in order], add_special_tokens=False)["input_ids"]
+            start, outs = time.perf_counter(), []
+            for b in range(0, len(ids), batch_size):
+                outs += engine.generate(ids[b:b + batch_size], spec, [0] * len(ids[b:b + batch_size]))
+            seconds[name] += time.perf_counter() - start
+            texts[name] = {i: g.text for i, g in zip(order, outs)}
+            print(f"{name:<15} {time.perf_counter() - start:6.1f} s", flush=True)
+    same = sum(texts["question order"][i] == texts["length order"][i] for i in range(len(prompts)))
+    print(f"ratio question order / length order: {seconds['question order'] / seconds['length order']:.2f} "
+          f"(over {repeats} runs each); outputs identical for {same}/{len(prompts)}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--questions", type=int, default=64)
@@ -54,15 +89,17 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--dtype", default="auto")  # bf16 only where the CPU computes it natively
     parser.add_argument("--skip-vllm", action="store_true")
+    parser.add_argument("--order", action="store_true", help="question order against length-ordered batches")
+    parser.add_argument("--config", help="take the task's test questions from this experiment config")
     args = parser.parse_args()
 
-    from rbyr_ray.config import ExperimentConfig
+    from rbyr_ray.config import ExperimentConfig, load_config
     from rbyr_ray.ray_utils import init_ray
     from rbyr_ray.student.exam import run_exam
     from rbyr_ray.tasks import load_task
     from rbyr_ray.tasks.prompts import student_prefix
 
-    cfg = ExperimentConfig()
+    cfg = load_config(args.config) if args.config else ExperimentConfig()
     cfg.student.dtype = args.dtype
     cfg.exam.batch_size = args.batch_size
     records = load_task(cfg.task).test[: args.questions]
@@ -73,6 +110,9 @@ def main() -> None:
         print(f"{name:<22} tokens {tokens:>6}  end-to-end {tokens / wall:7.1f} tok/s ({wall:6.1f} s)  "
               f"generation {tokens / gen:7.1f} tok/s ({gen:6.1f} s)", flush=True)
 
+    if args.order:
+        order_gain([student_prefix(r) for r in records], args.model, args.dtype, args.batch_size, args.max_new_tokens)
+        return
     plain = plain_loop([student_prefix(r) for r in records], args.model, args.dtype, args.batch_size,
                        args.max_new_tokens)
     line("plain transformers", plain["tokens"], plain["wall_s"], plain["gen_s"])

@@ -15,6 +15,13 @@ own step (trainer.run_batch). key=value overrides set the memory keys (docs/memo
 
     .venv/bin/python bench/train.py --memory [--items 24] [--steps 3] train.max_tokens_per_micro_batch=null \
         train.logits_chunk_tokens=0 [train.gradient_checkpointing=true] [--no-trim]
+
+`--dropout`: what LoRA dropout costs on this machine. Two fresh LoRAs, at train.lora.dropout 0.05 (the default) and
+0, train the same batches alternately through the trainer's step, at lambda = 0 and with the hinge (lambda = 1, each
+item's negative through a second forward); it prints s/step for each and their ratio. On a CPU the dropout's random
+masks (one per adapted module and forward) are a visible share of a step:
+
+    .venv/bin/python bench/train.py --dropout [--items 48] [--steps 4]
 """
 
 from __future__ import annotations
@@ -134,6 +141,36 @@ def memory_loop(student: str, items: list[dict], cfg: ExperimentConfig, steps: i
     sampler.close()
 
 
+def dropout_cost(student: str, items: list[dict], cfg: ExperimentConfig, steps: int) -> None:
+    """s/step of the trainer's step at LoRA dropout 0.05 and 0 on the same batches, alternately."""
+    pad_id = load_tokenizer(student).pad_token_id
+    for kind, weight in (("triplet", 0.0), ("hinge", 1.0)):
+        tcfg = cfg.train.model_copy(deep=True)
+        tcfg.reflection.kind, tcfg.reflection.weight, tcfg.reflection.margin = kind, weight, 0.1
+        plan = plan_batches([str(i["id"]) for i in items], tcfg, world=1, seed=0,
+                            lengths=[item_length(i, kind) for i in items])[: steps + 1]
+        runs = {}
+        for dropout in (0.05, 0.0):
+            tcfg.lora.dropout = dropout
+            torch.manual_seed(0)
+            objective = ReflectionObjective(build_model(student, tcfg), weight, 0.1, kind=kind,
+                                            chunk_tokens=tcfg.logits_chunk_tokens).train()
+            optimizer = torch.optim.AdamW([p for p in objective.parameters() if p.requires_grad], lr=tcfg.lr)
+            runs[dropout] = (objective, optimizer, tcfg.model_copy(deep=True))
+        seconds = dict.fromkeys(runs, 0.0)
+        for index, (_, indices) in enumerate(plan):
+            for dropout, (objective, optimizer, run_cfg) in runs.items():
+                started = time.perf_counter()
+                run_batch(objective, items, indices, run_cfg, pad_id, torch.device("cpu"), None, seed=index)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                if index > 0:  # the first batch warms up
+                    seconds[dropout] += time.perf_counter() - started
+        name = "lambda=0" if weight == 0 else "hinge, lambda=1"
+        print(f"{name:<16} dropout 0.05: {seconds[0.05] / steps:.2f} s/step, dropout 0: {seconds[0.0] / steps:.2f} "
+              f"s/step; ratio {seconds[0.05] / seconds[0.0]:.2f}", flush=True)
+
+
 def matmul_peak(device: torch.device, dtype: torch.dtype, n: int = 2048, reps: int = 5) -> float:
     """Best FLOP/s of an n x n matmul in the compute dtype the training uses."""
     a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
@@ -199,6 +236,7 @@ def main() -> None:
     parser.add_argument("--gpu", action="store_true")
     parser.add_argument("--memory", action="store_true", help="peak RSS per step on gsm8k-shaped batches")
     parser.add_argument("--no-trim", action="store_true", help="--memory: no malloc_trim after each step")
+    parser.add_argument("--dropout", action="store_true", help="s/step at LoRA dropout 0.05 against 0")
     parser.add_argument("overrides", nargs="*", help="--memory: config overrides, e.g. train.logits_chunk_tokens=0")
     args = parser.parse_args()
     if args.memory:
@@ -226,6 +264,9 @@ def main() -> None:
     print(f"device {device}, torch threads {threads}, {len(items)} items, batch {cfg.train.batch_size}, "
           f"LoRA r={cfg.train.lora.r} on {len(cfg.train.lora.target_modules)} modules")
 
+    if args.dropout:
+        dropout_cost(student, items, cfg, args.steps)
+        return
     loops = plain_loop(student, items, cfg, (0.0, 0.5), args.steps, device)
     no_ref, ref = loops[0.0], loops[0.5]
     compute = torch.bfloat16 if no_ref["amp"] == "torch.bfloat16" else torch.float32

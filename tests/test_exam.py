@@ -12,7 +12,7 @@ from conftest import EXAM_POISON
 
 from rbyr_ray.config import ExperimentConfig
 from rbyr_ray.student.engines import Generation
-from rbyr_ray.student.exam import COLUMNS, FAIL_ENV, ExamProgress, ExamWorker, run_exam
+from rbyr_ray.student.exam import COLUMNS, FAIL_ENV, ExamProgress, ExamWorker, length_ordered, run_exam
 from rbyr_ray.tasks import load_task
 from rbyr_ray.tasks.records import Record
 
@@ -82,6 +82,13 @@ def test_exam_samples_n_rationales_per_question(ray_cluster):
     assert rows["error"].isna().all()
     assert rows["rationale"].nunique() > 4  # temperature 1.0, top_k 50: samples differ
     assert 0.0 <= result.sample_accuracy <= 1.0
+
+
+def test_batches_are_cut_in_prompt_length_order_with_a_questions_samples_together():
+    items = [{"id": q, "sample": s, "prompt": prompt} for q, prompt in (("a", "x" * 9), ("b", "x" * 3), ("c", "x" * 9),
+                                                                          ("d", "x" * 5)) for s in range(2)]
+    assert [(i["id"], i["sample"]) for i in length_ordered(items)] == [
+        ("b", 0), ("b", 1), ("d", 0), ("d", 1), ("a", 0), ("a", 1), ("c", 0), ("c", 1)]
 
 
 def test_an_engine_error_fails_only_its_own_row_and_the_eval_stage_reports_it(ray_cluster, tmp_path, caplog):

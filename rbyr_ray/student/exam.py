@@ -213,6 +213,13 @@ def exam_items(records: Sequence[Record], samples: int, seed: int, prompts: Task
             for i, r in enumerate(records) for s in range(samples)]
 
 
+def length_ordered(items: list[dict]) -> list[dict]:
+    """The rows in prompt-length order, the order batches are cut in: less left padding, and where length follows
+    difficulty (arith's steps) rows that end at about the same token, so a batch generates less past its rows' ends
+    (1.19x on the study's 400 questions, bench/exam.py --order). Stable: a question's samples stay together."""
+    return sorted(items, key=lambda item: len(item["prompt"]))
+
+
 def run_exam(records: Sequence[Record], model_path: str, cfg: ExperimentConfig, *, answer_type: AnswerType,
              samples: int, greedy: bool, max_new_tokens: int, out_path: str | os.PathLike | None, seed: int,
              progress: Callable[[ExamProgress], None] | None = log_progress,
@@ -234,7 +241,7 @@ def run_exam(records: Sequence[Record], model_path: str, cfg: ExperimentConfig, 
     model_dir = resolve_model_dir(model_path, cfg.student.cache_dir, cfg.student.allow_hub_download,
                                   cfg.student.dtype)
     prompts = task_prompts(task, answer_type)
-    items = exam_items(records, samples, seed, prompts)
+    items = length_ordered(exam_items(records, samples, seed, prompts))
     spec = SamplingSpec(greedy=greedy, temperature=ex.temperature, top_k=ex.top_k, max_new_tokens=max_new_tokens,
                         stop=prompts.stop)
     order = {r.id: i for i, r in enumerate(records)}
