@@ -57,14 +57,16 @@ def order_gain(prompts: list[str], model: str, dtype: str, batch_size: int, max_
                repeats: int = 2) -> None:
     """Seconds to generate `prompts` in question order against prompt-length order, alternately, same engine."""
     from rbyr_ray.student.engines import SamplingSpec
+    from rbyr_ray.student.exam import length_ordered
     from rbyr_ray.student.hf_engine import HFEngine
     from rbyr_ray.student.models import resolve_model_dir
     from rbyr_ray.tasks.prompts import STOP
 
     engine = HFEngine(resolve_model_dir(model), dtype=dtype, threads=os.cpu_count())
     spec = SamplingSpec(greedy=True, max_new_tokens=max_new_tokens, stop=STOP)
+    rows = [{"i": i, "prompt": p} for i, p in enumerate(prompts)]
     orders = {"question order": list(range(len(prompts))),
-              "length order": sorted(range(len(prompts)), key=lambda i: len(prompts[i]))}
+              "length order": [row["i"] for row in length_ordered(rows)]}  # exactly run_exam's order
     seconds = {name: 0.0 for name in orders}
     texts: dict[str, dict[int, str]] = {}
     for _ in range(repeats):

@@ -216,7 +216,8 @@ def exam_items(records: Sequence[Record], samples: int, seed: int, prompts: Task
 def length_ordered(items: list[dict]) -> list[dict]:
     """The rows in prompt-length order, the order batches are cut in: less left padding, and where length follows
     difficulty (arith's steps) rows that end at about the same token, so a batch generates less past its rows' ends
-    (1.19x on the study's 400 questions, bench/exam.py --order). Stable: a question's samples stay together."""
+    (the hf engine alone: 1.19x on the study's 400 questions, bench/exam.py --order). Stable: a question's
+    samples stay together."""
     return sorted(items, key=lambda item: len(item["prompt"]))
 
 
